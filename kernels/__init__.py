@@ -1,0 +1,93 @@
+"""kernelserve's kernel library: fused Triton kernels with torch fallbacks.
+
+Every public function dispatches on :func:`kernels._backend.use_triton`:
+Triton on CUDA tensors (or anywhere under ``TRITON_INTERPRET=1`` with
+``KERNELSERVE_KERNELS=triton``), the vectorised torch path otherwise. Both
+paths validate their arguments the same way and raise ``ValueError`` on bad
+input. Shapes and semantics are the contract in DESIGN.md.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._backend import BACKENDS, backend_for, interpreting, selected_backend, use_triton
+from .flash_attention import attention_ref, attention_triton
+from .gemm import (ACTIVATIONS, ffn_ref, ffn_triton, gated_ffn_ref, gated_ffn_triton, linear_ref,
+                     linear_triton)
+from .norms import layer_norm_ref, layer_norm_triton, rms_norm_ref, rms_norm_triton
+from .paged import paged_attention_ref, paged_attention_triton, store_kv_ref, store_kv_triton
+from .rope import rotary_cos_sin_cache, rotary_ref, rotary_triton
+
+if interpreting():
+    from ._interpreter_fix import patch_interpreter_bf16_dot
+
+    patch_interpreter_bf16_dot()
+
+__all__ = [
+    "ACTIVATIONS", "BACKENDS", "attention", "backend_for", "ffn", "gated_ffn", "interpreting", "layer_norm",
+    "linear", "paged_attention", "rms_norm", "rotary", "rotary_cos_sin_cache", "selected_backend", "store_kv",
+]
+
+
+def attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int, *,
+              causal: bool, scale: float | None = None) -> torch.Tensor:
+    """Fused SDPA over a packed variable-length batch.
+
+    q ``[total_q, Hq, D]``, k/v ``[total_k, Hkv, D]`` with ``Hq % Hkv == 0``;
+    ``cu_seqlens_*`` int32 ``[B+1]``. Causal masks are bottom-right aligned.
+    Returns ``[total_q, Hq, D]`` in q's dtype. ``scale`` defaults to ``D**-0.5``.
+    """
+    fn = attention_triton if use_triton(q) else attention_ref
+    return fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal, scale=scale)
+
+
+def paged_attention(q, k_cache, v_cache, block_tables, seq_lens, *, scale: float | None = None) -> torch.Tensor:
+    """Decode attention, one query per sequence, over the paged KV cache.
+
+    q ``[B, Hq, D]``; caches ``[num_blocks, block_size, Hkv, D]``; block_tables
+    int32 ``[B, max_blocks]``; seq_lens int32 ``[B]``. Returns ``[B, Hq, D]``.
+    """
+    fn = paged_attention_triton if use_triton(q) else paged_attention_ref
+    return fn(q, k_cache, v_cache, block_tables, seq_lens, scale=scale)
+
+
+def store_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
+    """Write k, v ``[T, Hkv, D]`` into the cache at flat slots (``block * block_size + offset``; -1 skips)."""
+    fn = store_kv_triton if use_triton(k) else store_kv_ref
+    fn(k, v, k_cache, v_cache, slot_mapping)
+
+
+def layer_norm(x, weight, bias, eps: float, residual=None):
+    """LayerNorm over the last dim; with ``residual`` returns ``(layer_norm(x + residual), x + residual)``."""
+    fn = layer_norm_triton if use_triton(x) else layer_norm_ref
+    return fn(x, weight, bias, eps, residual)
+
+
+def rms_norm(x, weight, eps: float, residual=None):
+    """RMSNorm over the last dim; with ``residual`` returns ``(rms_norm(x + residual), x + residual)``."""
+    fn = rms_norm_triton if use_triton(x) else rms_norm_ref
+    return fn(x, weight, eps, residual)
+
+
+def linear(x, weight, bias=None, activation: str | None = None) -> torch.Tensor:
+    """``act(x @ weight.T + bias)`` as one GEMM with a fused epilogue; weight ``[out, in]``."""
+    fn = linear_triton if use_triton(x) else linear_ref
+    return fn(x, weight, bias, activation)
+
+
+def gated_ffn(x, w_gate_up, w_down, activation: str = "silu") -> torch.Tensor:
+    """``(act(x @ Wg.T) * (x @ Wu.T)) @ w_down.T`` with ``w_gate_up = cat([Wg, Wu])``."""
+    fn = gated_ffn_triton if use_triton(x) else gated_ffn_ref
+    return fn(x, w_gate_up, w_down, activation)
+
+
+def ffn(x, w_in, b_in, w_out, b_out, activation: str | None) -> torch.Tensor:
+    """``act(x @ w_in.T + b_in) @ w_out.T + b_out``; biases may be None."""
+    fn = ffn_triton if use_triton(x) else ffn_ref
+    return fn(x, w_in, b_in, w_out, b_out, activation)
+
+
+def rotary(q, k, positions, cos_sin_cache, neox_style: bool = True):
+    """Rotary embeddings applied in place to q ``[T, Hq, D]`` and k ``[T, Hkv, D]``; returns (q, k)."""
+    fn = rotary_triton if use_triton(q) else rotary_ref
+    return fn(q, k, positions, cos_sin_cache, neox_style)

@@ -1,0 +1,239 @@
+"""Fused scaled-dot-product attention over a packed, variable-length batch.
+
+FlashAttention-2 forward (Dao, 2023, arXiv:2307.08691): each program keeps one
+tile of queries resident and streams the keys and values of its sequence,
+keeping a running row maximum ``m``, row sum ``l`` and output accumulator in
+fp32 (the "online softmax"). Scores are pre-multiplied by ``scale * log2(e)``
+so the exponentials are ``exp2``.
+
+Causal masks are bottom-right aligned: with ``Lq`` queries and ``Lk`` keys,
+query ``i`` sees key ``j`` iff ``j <= i + Lk - Lq``. A query that sees no key
+(possible when ``Lq > Lk``) gets a zero output.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ._validate import FLOAT_DTYPES, check_cu_seqlens, check_same_dtype, check_tensor, expect
+
+LOG2E = 1.4426950408889634
+MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
+
+
+@triton.jit
+def _attention_tile(
+    acc, m_i, l_i, q, K, V, k_start, kv_head, len_k, offs_m, offs_d, start, end,
+    stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, diag_shift,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+   
+):
+    """Fold key blocks [start, end) into the running (acc, m_i, l_i).
+
+    MASKED blocks check key bounds and the causal diagonal; the others are
+    fully visible to every query of the tile and skip that work.
+    """
+    offs_n = tl.arange(0, BLOCK_N)
+    d_ok = offs_d < HEAD_DIM
+    for start_n in range(start, end, BLOCK_N):
+        cols = start_n + offs_n
+        k_ptrs = K + (k_start + cols)[None, :] * stride_kt + kv_head * stride_kh + offs_d[:, None]
+        v_ptrs = V + (k_start + cols)[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :]
+        if MASKED:
+            k = tl.load(k_ptrs, mask=d_ok[:, None] & (cols < len_k)[None, :], other=0.0)
+            v = tl.load(v_ptrs, mask=(cols < len_k)[:, None] & d_ok[None, :], other=0.0)
+        else:
+            k = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
+            v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+        s = tl.dot(q, k) * qk_scale
+        if MASKED:
+            visible = (cols < len_k)[None, :]
+            if CAUSAL:
+                visible = visible & (cols[None, :] <= offs_m[:, None] + diag_shift)
+            s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # A row that has seen no visible key keeps m = -inf; shift by 0 so that
+        # exp2(-inf - -inf) never produces NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _attention_kernel(
+    Q, K, V, O, cu_seqlens_q, cu_seqlens_k,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+    qk_scale,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+):
+    # grid: (query tiles of the longest sequence, query heads, sequences)
+    pid_m = tl.program_id(0)
+    head = tl.program_id(1)
+    seq = tl.program_id(2)
+    q_start = tl.load(cu_seqlens_q + seq)
+    len_q = tl.load(cu_seqlens_q + seq + 1) - q_start
+    if pid_m * BLOCK_M >= len_q:
+        return
+    k_start = tl.load(cu_seqlens_k + seq)
+    len_k = tl.load(cu_seqlens_k + seq + 1) - k_start
+    kv_head = head // GROUP
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < len_q
+    d_ok = offs_d < HEAD_DIM
+    q_ptrs = Q + (q_start + offs_m)[:, None] * stride_qt + head * stride_qh + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    # Bottom-right causal alignment: query i sees keys j <= i + diag_shift.
+    diag_shift = len_k - len_q
+    if CAUSAL:
+        # keys every query of this tile sees, then the diagonal band
+        first_visible = pid_m * BLOCK_M + diag_shift + 1
+        full_end = tl.minimum(tl.maximum(first_visible, 0), len_k) // BLOCK_N * BLOCK_N
+        end = tl.minimum(tl.maximum((pid_m + 1) * BLOCK_M + diag_shift, 0), len_k)
+    else:
+        full_end = len_k // BLOCK_N * BLOCK_N
+        end = len_k
+    acc, m_i, l_i = _attention_tile(
+        acc, m_i, l_i, q, K, V, k_start, kv_head, len_k, offs_m, offs_d, 0, full_end,
+        stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, diag_shift,
+        HEAD_DIM, BLOCK_N, False, CAUSAL,
+    )
+    acc, m_i, l_i = _attention_tile(
+        acc, m_i, l_i, q, K, V, k_start, kv_head, len_k, offs_m, offs_d, full_end, end,
+        stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, diag_shift,
+        HEAD_DIM, BLOCK_N, True, CAUSAL,
+    )
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # rows that saw no key output 0
+    out = acc / l_safe[:, None]
+    o_ptrs = O + (q_start + offs_m)[:, None] * stride_ot + head * stride_oh + offs_d[None, :]
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def attention_config(head_dim: int, dtype: torch.dtype) -> AttentionConfig:
+    """Tile sizes for one head size and dtype (Q tile, K/V tile, warps, pipeline stages).
+
+    Chosen so Q plus ``num_stages`` K/V tiles fit the shared memory of an A100
+    (sm_80) as well as an H100 without register spills; fp32 inputs (TF32 dots)
+    take twice the bytes, so half the tile. tests/kernels/test_aot_compile.py
+    proves every entry.
+    """
+    block_d = triton.next_power_of_2(head_dim)
+    wide = dtype == torch.float32
+    if block_d <= 64:
+        return AttentionConfig(64, 32, 4, 2) if wide else AttentionConfig(128, 64, 8, 3)
+    if block_d <= 128:
+        return AttentionConfig(64, 32, 4, 2) if wide else AttentionConfig(128, 64, 8, 3)
+    return AttentionConfig(32, 32, 4, 2) if wide else AttentionConfig(64, 32, 8, 2)
+
+
+def all_attention_configs() -> dict[tuple[int, torch.dtype], AttentionConfig]:
+    """Every (padded head dim, dtype) -> config the launcher can pick."""
+    return {
+        (d, dt): attention_config(d, dt)
+        for d in (16, 32, 64, 128, 256)
+        for dt in FLOAT_DTYPES
+    }
+
+
+def _check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, t, ndim=3, dtypes=FLOAT_DTYPES)
+    check_same_dtype(("q", "k", "v"), (q, k, v))
+    expect(q.device == k.device == v.device, f"q, k, v: expected one device, got {q.device}, {k.device}, {v.device}")
+    expect(k.shape == v.shape, f"k, v: expected equal shapes, got {list(k.shape)} and {list(v.shape)}")
+    head_dim = q.shape[2]
+    expect(k.shape[2] == head_dim, f"k: head dim {k.shape[2]} differs from q's {head_dim}")
+    expect(MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM, f"q: head dim must be in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got {head_dim}")
+    expect(k.shape[1] > 0 and q.shape[1] % k.shape[1] == 0,
+           f"q, k: query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
+    cu_q = check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q, q.device)
+    cu_k = check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k, q.device)
+    expect(len(cu_q) == len(cu_k), f"cu_seqlens_q, cu_seqlens_k: expected the same number of sequences, got {len(cu_q) - 1} and {len(cu_k) - 1}")
+    return cu_q, cu_k
+
+
+def attention_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal, scale=None):
+    """Launch the Triton kernel. Arguments as :func:`kernels.attention`."""
+    cu_q, _ = _check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    head_dim = q.shape[2]
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+    out = torch.empty_like(q)
+    batch = len(cu_q) - 1
+    if q.shape[0] == 0 or batch == 0:
+        return out
+    cfg = attention_config(head_dim, q.dtype)
+    grid = (triton.cdiv(max(max_seqlen_q, 1), cfg.block_m), q.shape[1], batch)
+    _attention_kernel[grid](
+        q, k, v, out, cu_seqlens_q, cu_seqlens_k,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+        scale * LOG2E,
+        GROUP=q.shape[1] // k.shape[1], HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CAUSAL=causal,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out
+
+
+def _pad_index(cu: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat token index [B, max_len] into the packed tensor, and its validity mask."""
+    lengths = (cu[1:] - cu[:-1]).long()
+    offsets = torch.arange(max_len, device=cu.device)
+    valid = offsets[None, :] < lengths[:, None]
+    index = torch.where(valid, cu[:-1, None].long() + offsets[None, :], 0)
+    return index, valid
+
+
+def attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal, scale=None):
+    """Torch path (the CPU serving path): pad the batch, one masked SDPA call.
+
+    Vectorised over sequences and heads; GQA through SDPA's ``enable_gqa``.
+    """
+    _check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    out = torch.zeros_like(q)
+    if q.shape[0] == 0 or cu_seqlens_q.numel() < 2:
+        return out
+    idx_q, valid_q = _pad_index(cu_seqlens_q, max_seqlen_q)
+    idx_k, valid_k = _pad_index(cu_seqlens_k, max_seqlen_k)
+    qp = q[idx_q].transpose(1, 2)  # [B, Hq, Lq, D]
+    kp = k[idx_k].transpose(1, 2)  # [B, Hkv, Lk, D]
+    vp = v[idx_k].transpose(1, 2)
+    visible = valid_k[:, None, None, :]  # [B, 1, 1, Lk]
+    if causal:
+        len_q = valid_q.sum(1)
+        len_k = valid_k.sum(1)
+        rows = torch.arange(max_seqlen_q, device=q.device)
+        cols = torch.arange(max_seqlen_k, device=q.device)
+        shift = (len_k - len_q)[:, None, None]  # bottom-right alignment
+        visible = visible & (cols[None, None, :] <= rows[None, :, None] + shift)[:, None]
+    any_visible = visible.any(-1, keepdim=True)  # [B, 1, Lq, 1]
+    # Rows that see no key would be NaN in SDPA: let them see everything, then zero them.
+    mask = visible | ~any_visible
+    o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=scale,
+                                       enable_gqa=q.shape[1] != k.shape[1])
+    o = torch.where(any_visible, o, 0.0).transpose(1, 2)  # [B, Lq, Hq, D]
+    out[idx_q[valid_q]] = o[valid_q]
+    return out

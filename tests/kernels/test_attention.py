@@ -1,0 +1,97 @@
+"""Varlen FlashAttention vs a float64 softmax(QK^T)V written per sequence."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kernels.flash_attention import attention_ref, attention_triton
+
+from .conftest import DTYPES, assert_close, cu_seqlens, rand
+
+IMPLS = {"triton": attention_triton, "torch": attention_ref}
+
+
+def attention_f64(q, k, v, lens_q, lens_k, causal, scale):
+    """softmax(scale * q k^T + mask) v per sequence, in float64; keyless rows are 0."""
+    q, k, v = q.double().cpu(), k.double().cpu(), v.double().cpu()
+    group = q.shape[1] // k.shape[1]
+    out = torch.zeros_like(q)
+    qs = ks = 0
+    for lq, lk in zip(lens_q, lens_k):
+        qb = q[qs:qs + lq]
+        kb = k[ks:ks + lk].repeat_interleave(group, dim=1)
+        vb = v[ks:ks + lk].repeat_interleave(group, dim=1)
+        s = torch.einsum("qhd,khd->hqk", qb, kb) * scale
+        if causal:  # query i sees key j iff j <= i + lk - lq (bottom-right)
+            i = torch.arange(lq)[:, None]
+            j = torch.arange(lk)[None, :]
+            s = s.masked_fill(j > i + lk - lq, float("-inf"))
+        p = torch.softmax(s, -1).nan_to_num(0.0)
+        out[qs:qs + lq] = torch.einsum("hqk,khd->qhd", p, vb)
+        qs, ks = qs + lq, ks + lk
+    return out
+
+
+CASES = {
+    # name: (query lengths, key lengths)
+    "self": ([1, 17, 129], [1, 17, 129]),
+    "empty-seq": ([5, 0, 17], [5, 0, 17]),
+    "prefix-hit": ([3, 17, 1], [40, 17, 130]),  # chunked prefill / cached prefix: Lk > Lq
+    "more-q-than-k": ([9], [4]),  # causal rows 0..4 see no key
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [64, 80])
+@pytest.mark.parametrize("heads", [(8, 2), (4, 1), (2, 2)], ids=["gqa8:2", "mqa", "mha"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_attention_matches_float64(impl, device, dtype, head_dim, heads, causal, case):
+    torch.manual_seed(hash((head_dim, heads, causal, case)) % 2**31)
+    lens_q, lens_k = CASES[case]
+    hq, hkv = heads
+    q = rand(sum(lens_q), hq, head_dim, dtype=dtype, device=device)
+    k = rand(sum(lens_k), hkv, head_dim, dtype=dtype, device=device)
+    v = rand(sum(lens_k), hkv, head_dim, dtype=dtype, device=device)
+    scale = 1 / math.sqrt(head_dim)
+    out = IMPLS[impl](q, k, v, cu_seqlens(lens_q, device), cu_seqlens(lens_k, device),
+                      max(lens_q), max(lens_k), causal=causal)
+    assert out.shape == q.shape
+    assert_close(out, attention_f64(q, k, v, lens_q, lens_k, causal, scale), dtype)
+
+
+@pytest.mark.parametrize("head_dim", [32, 96, 128, 256])
+def test_attention_head_dims(impl, device, head_dim):
+    torch.manual_seed(head_dim)
+    lens = [3, 20]
+    q = rand(23, 4, head_dim, dtype=torch.float32, device=device)
+    k = rand(23, 2, head_dim, dtype=torch.float32, device=device)
+    v = rand(23, 2, head_dim, dtype=torch.float32, device=device)
+    cu = cu_seqlens(lens, device)
+    out = IMPLS[impl](q, k, v, cu, cu, 20, 20, causal=True, scale=0.3)
+    assert_close(out, attention_f64(q, k, v, lens, lens, True, 0.3), torch.float32)
+
+
+def test_attention_rejects_bad_input(impl, device):
+    q = torch.randn(10, 4, 64, device=device)
+    k = torch.randn(10, 2, 64, device=device)
+    cu = cu_seqlens([4, 6], device)
+    fn = IMPLS[impl]
+    with pytest.raises(ValueError, match="cu_seqlens_q: last entry must equal the packed length 10"):
+        fn(q, k, k, cu_seqlens([4, 5], device), cu, 6, 6, causal=True)
+    with pytest.raises(ValueError, match="max_seqlen"):
+        fn(q, k, k, cu, cu, 5, 6, causal=True)
+    with pytest.raises(ValueError, match="cu_seqlens_k: expected dtype"):
+        fn(q, k, k, cu, cu.long(), 6, 6, causal=True)
+    with pytest.raises(ValueError, match=r"query heads \(3\) must be a multiple"):
+        fn(q[:, :3], k, k, cu, cu, 6, 6, causal=True)
+    with pytest.raises(ValueError, match="q, k, v: expected one dtype"):
+        fn(q.half(), k, k, cu, cu, 6, 6, causal=True)
+    with pytest.raises(ValueError, match="last dimension must be contiguous"):
+        fn(q.transpose(0, 2).contiguous().transpose(0, 2), k, k, cu, cu, 6, 6, causal=True)
+    with pytest.raises(ValueError, match="head dim 32 differs"):
+        fn(q, k[..., :32], k[..., :32], cu, cu, 6, 6, causal=True)
+    with pytest.raises(ValueError, match="expected 3 dimensions"):
+        fn(q[0], k, k, cu, cu, 6, 6, causal=True)

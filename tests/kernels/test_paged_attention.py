@@ -1,0 +1,102 @@
+"""Paged decode attention and store_kv vs float64 per-sequence references."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kernels.paged import PARTITION, paged_attention_ref, paged_attention_triton, store_kv_ref, store_kv_triton
+
+from .conftest import DTYPES, assert_close, rand
+
+PAGED = {"triton": paged_attention_triton, "torch": paged_attention_ref}
+STORE = {"triton": store_kv_triton, "torch": store_kv_ref}
+
+
+def paged_f64(q, k_cache, v_cache, block_tables, seq_lens, scale):
+    """Gather each sequence's tokens one by one, then softmax(q k^T) v in float64."""
+    q, k_cache, v_cache = q.double().cpu(), k_cache.double().cpu(), v_cache.double().cpu()
+    block_size = k_cache.shape[1]
+    group = q.shape[1] // k_cache.shape[2]
+    out = torch.zeros_like(q)
+    for b, n in enumerate(seq_lens.tolist()):
+        if n == 0:
+            continue
+        slots = [(int(block_tables[b, t // block_size]), t % block_size) for t in range(n)]
+        k = torch.stack([k_cache[blk, off] for blk, off in slots]).repeat_interleave(group, 1)  # [n, Hq, D]
+        v = torch.stack([v_cache[blk, off] for blk, off in slots]).repeat_interleave(group, 1)
+        p = torch.softmax(torch.einsum("hd,thd->ht", q[b], k) * scale, -1)
+        out[b] = torch.einsum("ht,thd->hd", p, v)
+    return out
+
+
+def random_tables(seq_lens, block_size, num_blocks, generator):
+    """Distinct random physical blocks for every sequence (as a block manager would hand out)."""
+    need = [math.ceil(n / block_size) for n in seq_lens]
+    width = max(max(need), 1)
+    perm = torch.randperm(num_blocks, generator=generator)
+    tables = torch.zeros(len(seq_lens), width, dtype=torch.int32)
+    used = 0
+    for b, count in enumerate(need):
+        tables[b, :count] = perm[used:used + count]
+        used += count
+    return tables
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [64, 80])
+@pytest.mark.parametrize("heads", [(8, 2), (4, 1), (2, 2)], ids=["gqa8:2", "mqa", "mha"])
+@pytest.mark.parametrize("block_size", [16, 32])
+@pytest.mark.parametrize("seq_lens", [[1, 17, 0, 129], [PARTITION + 37, 3]], ids=["short", "split-kv"])
+def test_paged_attention_matches_float64(impl, device, dtype, head_dim, heads, block_size, seq_lens):
+    g = torch.Generator().manual_seed(head_dim * block_size + len(seq_lens))
+    hq, hkv = heads
+    num_blocks = sum(math.ceil(n / block_size) for n in seq_lens) + 3
+    k_cache = rand(num_blocks, block_size, hkv, head_dim, dtype=dtype, device=device, generator=g)
+    v_cache = rand(num_blocks, block_size, hkv, head_dim, dtype=dtype, device=device, generator=g)
+    tables = random_tables(seq_lens, block_size, num_blocks, g).to(device)
+    lens = torch.tensor(seq_lens, dtype=torch.int32, device=device)
+    q = rand(len(seq_lens), hq, head_dim, dtype=dtype, device=device, generator=g)
+    out = PAGED[impl](q, k_cache, v_cache, tables, lens)
+    assert_close(out, paged_f64(q, k_cache, v_cache, tables, lens, 1 / math.sqrt(head_dim)), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block_size", [16, 32])
+def test_store_kv_writes_exact_slots(impl, device, dtype, block_size):
+    g = torch.Generator().manual_seed(block_size)
+    k_cache = rand(6, block_size, 2, 80, dtype=dtype, device=device, generator=g)
+    v_cache = rand(6, block_size, 2, 80, dtype=dtype, device=device, generator=g)
+    k = rand(5, 2, 80, dtype=dtype, device=device, generator=g)
+    v = rand(5, 2, 80, dtype=dtype, device=device, generator=g)
+    slots = torch.tensor([0, -1, block_size + 3, 6 * block_size - 1, 2 * block_size], device=device)
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    for t, slot in enumerate(slots.tolist()):
+        if slot >= 0:
+            expected_k[slot // block_size, slot % block_size] = k[t]
+            expected_v[slot // block_size, slot % block_size] = v[t]
+    STORE[impl](k, v, k_cache, v_cache, slots)
+    assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
+
+
+def test_paged_rejects_bad_input(impl, device):
+    k_cache = torch.randn(4, 16, 2, 64, device=device)
+    q = torch.randn(2, 4, 64, device=device)
+    tables = torch.zeros(2, 2, dtype=torch.int32, device=device)
+    lens = torch.tensor([3, 5], dtype=torch.int32, device=device)
+    fn = PAGED[impl]
+    with pytest.raises(ValueError, match="block size"):
+        fn(q, k_cache[:, :10], k_cache[:, :10], tables, lens)
+    with pytest.raises(ValueError, match="block_tables: expected dtype"):
+        fn(q, k_cache, k_cache, tables.long(), lens)
+    with pytest.raises(ValueError, match=r"seq_lens: expected shape \[2\]"):
+        fn(q, k_cache, k_cache, tables, lens[:1])
+    with pytest.raises(ValueError, match="does not fit block_tables"):
+        fn(q, k_cache, k_cache, tables, torch.tensor([3, 33], dtype=torch.int32, device=device))
+    with pytest.raises(ValueError, match="must be a multiple"):
+        fn(q[:, :3], k_cache, k_cache, tables, lens)
+    with pytest.raises(ValueError, match="slot_mapping: expected shape"):
+        STORE[impl](q[:, :2], q[:, :2], k_cache, k_cache.clone(), torch.zeros(3, dtype=torch.long, device=device))
+    with pytest.raises(ValueError, match="slot_mapping: slots must be <"):
+        STORE[impl](q[:, :2], q[:, :2], k_cache, k_cache.clone(), torch.tensor([0, 64], device=device))
