@@ -1,0 +1,173 @@
+"""Model configuration: one frozen dataclass per architecture family, read from HF ``config.json``."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from kernels import rotary_cos_sin_cache
+
+
+class ModelError(ValueError):
+    """A checkpoint or config kernelserve cannot load; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    kind: str = "default"  # default | linear | llama3
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position: int = 8192
+
+    def inv_freq(self, rot_dim: int, theta: float) -> torch.Tensor:
+        """Rotary frequencies after scaling (Hugging Face's ``_compute_*_parameters``)."""
+        inv_freq = 1.0 / (theta ** (torch.arange(0, rot_dim, 2, dtype=torch.int64).float() / rot_dim))
+        if self.kind == "linear":
+            return inv_freq / self.factor
+        if self.kind != "llama3":
+            return inv_freq
+        # llama3: long wavelengths divided by factor, short ones kept, a smooth blend between
+        low_wavelen = self.original_max_position / self.low_freq_factor
+        high_wavelen = self.original_max_position / self.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / self.factor, inv_freq)
+        smooth = (self.original_max_position / wavelen - self.low_freq_factor) / (self.high_freq_factor - self.low_freq_factor)
+        blended = (1 - smooth) * scaled / self.factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return torch.where(medium, blended, scaled)
+
+    @staticmethod
+    def from_hf(cfg: dict) -> "RopeScaling":
+        params = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+        kind = params.get("rope_type", params.get("type", "default")) or "default"
+        if kind not in ("default", "linear", "llama3"):
+            raise ModelError(f"config.json: rope scaling {kind!r} is not supported (default, linear, llama3)")
+        return RopeScaling(kind, float(params.get("factor", 1.0)), float(params.get("low_freq_factor", 1.0)),
+                           float(params.get("high_freq_factor", 4.0)),
+                           int(params.get("original_max_position_embeddings", 8192)))
+
+
+def rope_theta(cfg: dict) -> float:
+    params = cfg.get("rope_parameters") or {}
+    return float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Llama family (llama, mistral, qwen2) and GPT-2."""
+    arch: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    max_position: int
+    norm_eps: float
+    activation: str
+    qkv_bias: bool = False
+    tie_word_embeddings: bool = True
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling = field(default_factory=RopeScaling)
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ModelError(f"config.json: {self.num_heads} attention heads are not a multiple of {self.num_kv_heads} KV heads")
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    def cos_sin_cache(self) -> torch.Tensor:
+        inv_freq = self.rope_scaling.inv_freq(self.head_dim, self.rope_theta)
+        return rotary_cos_sin_cache(self.head_dim, self.max_position, inv_freq=inv_freq)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """BERT-style encoder for embeddings."""
+    arch: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_position: int
+    type_vocab_size: int
+    norm_eps: float
+    activation: str
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+_HF_ACT = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+           "gelu_fast": "gelu_tanh", "relu": "relu"}
+
+
+def activation_from_hf(name: str) -> str:
+    if name not in _HF_ACT:
+        raise ModelError(f"config.json: activation {name!r} is not supported ({', '.join(_HF_ACT)})")
+    return _HF_ACT[name]
+
+
+def llama_config(cfg: dict) -> DecoderConfig:
+    heads = cfg["num_attention_heads"]
+    hidden = cfg["hidden_size"]
+    return DecoderConfig(
+        arch=cfg["model_type"], vocab_size=cfg["vocab_size"], hidden_size=hidden,
+        num_layers=cfg["num_hidden_layers"], num_heads=heads,
+        num_kv_heads=cfg.get("num_key_value_heads") or heads,
+        head_dim=cfg.get("head_dim") or hidden // heads, intermediate_size=cfg["intermediate_size"],
+        max_position=cfg.get("max_position_embeddings", 4096), norm_eps=cfg.get("rms_norm_eps", 1e-6),
+        activation=activation_from_hf(cfg.get("hidden_act", "silu")),
+        qkv_bias=cfg["model_type"] == "qwen2" or bool(cfg.get("attention_bias", False)),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", cfg["model_type"] != "llama")),
+        rope_theta=rope_theta(cfg), rope_scaling=RopeScaling.from_hf(cfg),
+    )
+
+
+def gpt2_config(cfg: dict) -> DecoderConfig:
+    hidden, heads = cfg["n_embd"], cfg["n_head"]
+    return DecoderConfig(
+        arch="gpt2", vocab_size=cfg["vocab_size"], hidden_size=hidden, num_layers=cfg["n_layer"],
+        num_heads=heads, num_kv_heads=heads, head_dim=hidden // heads,
+        intermediate_size=cfg.get("n_inner") or 4 * hidden, max_position=cfg["n_positions"],
+        norm_eps=cfg.get("layer_norm_epsilon", 1e-5), activation=activation_from_hf(cfg.get("activation_function", "gelu_new")),
+        qkv_bias=True, tie_word_embeddings=True,
+    )
+
+
+def bert_config(cfg: dict) -> EncoderConfig:
+    if cfg.get("position_embedding_type", "absolute") != "absolute":
+        raise ModelError("config.json: only absolute position embeddings are supported for BERT")
+    return EncoderConfig(
+        arch="bert", vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
+        num_layers=cfg["num_hidden_layers"], num_heads=cfg["num_attention_heads"],
+        intermediate_size=cfg["intermediate_size"], max_position=cfg["max_position_embeddings"],
+        type_vocab_size=cfg.get("type_vocab_size", 2), norm_eps=cfg.get("layer_norm_eps", 1e-12),
+        activation=activation_from_hf(cfg.get("hidden_act", "gelu")),
+    )
+
+
+CONFIG_READERS = {"llama": llama_config, "mistral": llama_config, "qwen2": llama_config,
+                  "gpt2": gpt2_config, "bert": bert_config}
+
+
+def config_from_hf(cfg: dict, source: str = "config.json"):
+    model_type = cfg.get("model_type")
+    if model_type not in CONFIG_READERS:
+        raise ModelError(f"{source}: model_type {model_type!r} is not supported "
+                         f"(supported: {', '.join(sorted(CONFIG_READERS))})")
+    try:
+        return CONFIG_READERS[model_type](cfg)
+    except KeyError as missing:
+        raise ModelError(f"{source}: missing field {missing} for model_type {model_type!r}") from None

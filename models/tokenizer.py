@@ -1,0 +1,141 @@
+"""Tokenizer wrapper over the ``tokenizers`` library, chat templates and incremental detokenisation."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from dataclasses import dataclass, field
+
+from tokenizers import Tokenizer as HFTokenizer
+
+from .config import ModelError
+
+
+def _token_str(value) -> str | None:
+    """tokenizer_config.json writes special tokens as strings or as AddedToken dicts."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+class ChatTemplateError(ValueError):
+    """The chat template rejected the messages (``raise_exception`` in the template)."""
+
+
+def _raise_exception(message: str):
+    raise ChatTemplateError(message)
+
+
+def _compile_template(source: str):
+    # rendered the way transformers' apply_chat_template does: a sandbox, trim/lstrip blocks
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False, sort_keys=False: json.dumps(
+        x, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    return env.from_string(source)
+
+
+@dataclass
+class Tokenizer:
+    backend: HFTokenizer
+    bos_token: str | None = None
+    eos_token: str | None = None
+    chat_template: str | None = None
+    special_tokens: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self._template = _compile_template(self.chat_template) if self.chat_template else None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def token_id(self, token: str | None) -> int | None:
+        return None if token is None else self.backend.token_to_id(token)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self.backend.id_to_token(token_id)
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **extra) -> str:
+        if self._template is None:
+            raise ChatTemplateError("this model's tokenizer has no chat template")
+        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                     bos_token=self.bos_token or "", eos_token=self.eos_token or "",
+                                     **self.special_tokens, **extra)
+
+    @staticmethod
+    def from_folder(folder: str) -> "Tokenizer":
+        path = os.path.join(folder, "tokenizer.json")
+        if not os.path.exists(path):
+            raise ModelError(f"{folder}: no tokenizer.json (kernelserve needs a fast tokenizer file)")
+        try:
+            backend = HFTokenizer.from_file(path)
+        except Exception as err:
+            raise ModelError(f"{path}: not a readable tokenizer ({err})") from None
+        cfg = {}
+        cfg_path = os.path.join(folder, "tokenizer_config.json")
+        if os.path.exists(cfg_path):
+            with open(cfg_path) as f:
+                cfg = json.load(f)
+        template = cfg.get("chat_template")
+        jinja_path = os.path.join(folder, "chat_template.jinja")
+        if os.path.exists(jinja_path):
+            with open(jinja_path) as f:
+                template = f.read()
+        if isinstance(template, list):  # named templates: use "default"
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        specials = {k: _token_str(v) for k, v in cfg.items() if k.endswith("_token") and _token_str(v)}
+        return Tokenizer(backend, _token_str(cfg.get("bos_token")), _token_str(cfg.get("eos_token")),
+                         template, specials)
+
+
+class IncrementalDetokenizer:
+    """Turns a growing list of token ids into text deltas, never emitting half a character.
+
+    Each step decodes a short window of recent tokens twice — up to the last
+    emitted token and through the new one — and emits the difference, unless
+    the new text ends in U+FFFD (an incomplete UTF-8 sequence, such as a
+    byte-fallback or byte-level token that is only part of a character);
+    those tokens wait for the next ones. Windowing keeps each step O(1).
+    """
+
+    CONTEXT = 5  # prompt tokens kept as left context (leading-space handling)
+
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: list[int] = (), skip_special_tokens: bool = True):
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self.ids = list(prompt_ids[-self.CONTEXT:])
+        self.prefix_offset = 0
+        self.read_offset = len(self.ids)
+
+    def _decode(self, start: int, end: int | None = None) -> str:
+        return self.tokenizer.decode(self.ids[start:end], skip_special_tokens=self.skip_special_tokens)
+
+    def step(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        prefix = self._decode(self.prefix_offset, self.read_offset)
+        text = self._decode(self.prefix_offset)
+        if len(text) <= len(prefix) or text.endswith("\ufffd"):
+            return ""
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+        return text[len(prefix):]
+
+    def flush(self) -> str:
+        """Whatever is still held back (a sequence that ended mid-character)."""
+        prefix = self._decode(self.prefix_offset, self.read_offset)
+        text = self._decode(self.prefix_offset)
+        self.prefix_offset = self.read_offset = len(self.ids)
+        return text[len(prefix):] if len(text) > len(prefix) else ""
