@@ -14,7 +14,7 @@ from .weights import CheckpointRules
 RULES = CheckpointRules(
     renames=((r"^(?!transformer\.)(h\.|wte|wpe|ln_f)", r"transformer.\1"),),  # bare GPT2Model checkpoints
     transposed=(r"(c_attn|c_proj|c_fc)\.weight$",),
-    ignored=(r"attn\.(masked_)?bias$", r"^lm_head\.weight$"),  # causal-mask buffers; lm_head is tied to wte
+    ignored=(r"\.attn\.(masked_)?bias$", r"^lm_head\.weight$"),  # causal-mask buffers; lm_head is tied to wte
 )
 
 

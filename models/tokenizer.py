@@ -49,6 +49,9 @@ class Tokenizer:
 
     def __post_init__(self):
         self._template = _compile_template(self.chat_template) if self.chat_template else None
+        # tokenizer.json files may pad or truncate (MiniLM's pads to 128): lengths are the engine's job
+        self.backend.no_padding()
+        self.backend.no_truncation()
 
     @property
     def vocab_size(self) -> int:

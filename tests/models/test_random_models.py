@@ -1,0 +1,121 @@
+"""Small random models built from real configs (shrunk in depth and width, head_dim 64 kept),
+saved as Hugging Face folders and loaded through kernelserve's loader, against transformers."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models import load_model
+
+from .helpers import first_divergence_ok, full_logits, greedy_generate
+
+PROMPTS = [[5, 17, 912, 4, 4, 87], [300], list(range(100, 129)), [7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 42]]
+
+
+def llama_family(kind):
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    common = dict(vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=512, rms_norm_eps=1e-5)
+    if kind == "llama-gqa":
+        return LlamaConfig(num_key_value_heads=2, tie_word_embeddings=False, **common)
+    if kind == "llama3-scaled":
+        return LlamaConfig(num_key_value_heads=1, rope_theta=500000.0, tie_word_embeddings=True,
+                           rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                         "high_freq_factor": 4.0, "original_max_position_embeddings": 64}, **common)
+    if kind == "qwen2-bias":
+        return Qwen2Config(num_key_value_heads=2, tie_word_embeddings=True, **common)
+    return MistralConfig(num_key_value_heads=2, sliding_window=None, **common)
+
+
+def gpt2_config():
+    from transformers import GPT2Config
+
+    return GPT2Config(vocab_size=1024, n_embd=256, n_layer=2, n_head=4, n_positions=512)
+
+
+def save_random(cfg, folder, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    # biases and norms start at 0/1: randomise them so they are exercised
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(folder)
+    tokenizer.backend.save(str(folder / "tokenizer.json"))
+    return model
+
+
+@pytest.fixture(scope="module", params=["llama-gqa", "llama3-scaled", "qwen2-bias", "mistral", "gpt2"])
+def random_decoder(request, tmp_path_factory, byte_bpe_tokenizer):
+    folder = tmp_path_factory.mktemp(request.param)
+    cfg = gpt2_config() if request.param == "gpt2" else llama_family(request.param)
+    hf = save_random(cfg, folder, byte_bpe_tokenizer)
+    return load_model(str(folder)), hf
+
+
+def test_logits_match(random_decoder):
+    ours, hf = random_decoder
+    for ids in PROMPTS:
+        with torch.no_grad():
+            theirs = hf(torch.tensor([ids])).logits[0]
+        torch.testing.assert_close(full_logits(ours.model, ids), theirs, atol=2e-4, rtol=1e-4)
+
+
+def test_greedy_generation_matches(random_decoder):
+    ours, hf = random_decoder
+    outputs = greedy_generate(ours.model, PROMPTS, 20)
+    for ids, mine in zip(PROMPTS, outputs):
+        with torch.no_grad():
+            out = hf.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False, min_new_tokens=20,
+                              return_dict_in_generate=True, output_logits=True, pad_token_id=0)
+        theirs = out.sequences[0, len(ids):].tolist()
+        if mine != theirs:
+            assert first_divergence_ok(mine, theirs, full_logits(ours.model, ids + mine)[len(ids) - 1:],
+                                       torch.cat(out.logits))
+
+
+def test_batched_equals_single(random_decoder):
+    ours, _ = random_decoder
+    together = greedy_generate(ours.model, PROMPTS, 10)
+    alone = [greedy_generate(ours.model, [p], 10)[0] for p in PROMPTS]
+    assert together == alone
+
+
+def test_bfloat16_load_tracks_float32(random_decoder):
+    ours, _ = random_decoder
+    bf16 = load_model(ours.source, dtype="bfloat16")
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    ref = full_logits(ours.model, PROMPTS[0])
+    got = full_logits(bf16.model, PROMPTS[0])
+    # bf16 weights and activations: logits within a few percent of their spread
+    assert (got - ref).abs().max() <= 0.05 * ref.abs().max()
+
+
+def test_random_bert_matches_transformers(tmp_path, minilm_path):
+    from transformers import BertConfig, BertModel
+    from tokenizers import Tokenizer as HFTok
+
+    cfg = BertConfig(vocab_size=30522, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=512, max_position_embeddings=128)
+    torch.manual_seed(0)
+    hf = BertModel(cfg, add_pooling_layer=True).eval()
+    hf.save_pretrained(tmp_path)
+    HFTok.from_file(f"{minilm_path}/tokenizer.json").save(str(tmp_path / "tokenizer.json"))
+    ours = load_model(str(tmp_path))
+    from models import AttentionMetadata
+
+    ids = [[101, 2023, 2003, 1037, 3231, 102], [101, 2460, 102], list(range(1000, 1040))]
+    lengths = [len(i) for i in ids]
+    with torch.no_grad():
+        hidden = ours.model(torch.tensor(sum(ids, [])), torch.cat([torch.arange(n) for n in lengths]),
+                            AttentionMetadata.for_sequences(lengths))
+    start = 0
+    for seq in ids:
+        with torch.no_grad():
+            ref = hf(torch.tensor([seq])).last_hidden_state[0]
+        torch.testing.assert_close(hidden[start:start + len(seq)], ref, atol=1e-4, rtol=1e-4)
+        start += len(seq)
