@@ -1,0 +1,10 @@
+"""The inference engine: continuous batching over a paged KV cache. Never imports the HTTP layer."""
+from .async_engine import AsyncEngine, EngineDead, QueueFull
+from .config import EngineConfig
+from .embedding import EmbeddingEngine
+from .engine import LLMEngine, RequestError
+from .outputs import CompletionOutput, RequestOutput, TokenLogprob
+from .sampling_params import SamplingParams
+
+__all__ = ["AsyncEngine", "CompletionOutput", "EmbeddingEngine", "EngineConfig", "EngineDead", "LLMEngine",
+           "QueueFull", "RequestError", "RequestOutput", "SamplingParams", "TokenLogprob"]

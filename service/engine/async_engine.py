@@ -1,0 +1,157 @@
+"""The engine behind the HTTP layer: one background thread runs the step loop.
+
+``generate()`` returns an async iterator of incremental :class:`RequestOutput`;
+closing it early (a client that went away) aborts the request and frees its
+KV blocks. Only the engine thread touches the scheduler; other threads talk
+to it through an inbox.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from .engine import LLMEngine, RequestError
+from .outputs import RequestOutput
+from .sampling_params import SamplingParams
+
+log = logging.getLogger("kernelserve.engine")
+
+
+class QueueFull(RuntimeError):
+    """Too many requests are waiting (HTTP 429)."""
+
+
+class EngineDead(RuntimeError):
+    """The engine loop stopped on an internal error."""
+
+
+@dataclass
+class _Add:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    sink: "_Sink"
+
+
+@dataclass
+class _Abort:
+    request_id: str
+
+
+class _Sink:
+    """Delivers items from the engine thread into one request's asyncio queue."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def put(self, item) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine, max_waiting_requests: int | None = None, observer=None):
+        self.engine = engine
+        self.max_waiting = engine.config.max_waiting_requests if max_waiting_requests is None else max_waiting_requests
+        self.observer = observer  # called on the engine thread with (engine, outputs) after each step
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._sinks: dict[str, _Sink] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"engine-{engine.loaded.name}", daemon=True)
+        self._error: BaseException | None = None
+        self._snapshot = engine.stats()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._inbox.put(None)
+        self._thread.join(timeout=10)
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self._sinks)
+
+    def stats(self) -> dict:
+        """The engine's counters as of its last step (read without locking the engine)."""
+        return dict(self._snapshot)
+
+    async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
+        if self._error is not None:
+            raise EngineDead(f"engine stopped: {self._error}")
+        waiting = len(self._sinks) - self._snapshot["num_requests_running"]
+        if waiting >= self.max_waiting:
+            raise QueueFull(f"{waiting} requests are already waiting (limit {self.max_waiting})")
+        sink = _Sink(asyncio.get_running_loop())
+        self._sinks[request_id] = sink
+        self._inbox.put(_Add(request_id, prompt_token_ids, params, sink))
+        return self._stream(request_id, sink)
+
+    async def _stream(self, request_id: str, sink: _Sink) -> AsyncIterator[RequestOutput]:
+        finished = False
+        try:
+            while not finished:
+                item = await sink.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            if not finished:
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.put(_Abort(request_id))
+
+    # -- engine thread ----------------------------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._drain_inbox(block=not self.engine.has_unfinished())
+                if self.engine.has_unfinished():
+                    self._deliver(self.engine.step())
+        except BaseException as err:  # a bug in the engine: fail every request, keep the process up
+            log.exception("engine loop stopped")
+            self._error = err
+            for sink in self._sinks.values():
+                sink.put(EngineDead(f"engine stopped: {err}"))
+
+    def _drain_inbox(self, block: bool) -> None:
+        """Handle everything queued; wait briefly for the first item when the engine is idle."""
+        try:
+            item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+            while True:
+                if item is not None:  # None only wakes the loop (shutdown)
+                    self._handle(item)
+                item = self._inbox.get_nowait()
+        except queue.Empty:
+            return
+
+    def _handle(self, item) -> None:
+        if isinstance(item, _Add):
+            try:
+                self.engine.add_request(item.request_id, item.prompt_token_ids, item.params)
+            except RequestError as err:
+                self._sinks.pop(item.request_id, None)
+                item.sink.put(err)
+        elif isinstance(item, _Abort):
+            out = self.engine.abort(item.request_id)
+            if out is not None:
+                self._deliver([out])
+            self._snapshot = self.engine.stats()
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        self._snapshot = self.engine.stats()
+        if self.observer is not None:
+            self.observer(self.engine, outputs)
+        for out in outputs:
+            sink = self._sinks.get(out.request_id)
+            if sink is not None:
+                sink.put(out)
+                if out.finished:
+                    del self._sinks[out.request_id]

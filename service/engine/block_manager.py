@@ -1,0 +1,162 @@
+"""KV-cache blocks: allocation, reference counts and prefix caching. Plain Python, no tensors.
+
+A full block is identified by a hash chained over the token prefix:
+``h_i = hash((h_{i-1}, tokens of block i))``, so two sequences share block
+``i`` only if their first ``(i+1) * block_size`` tokens are equal. Freed blocks
+keep their hash and sit in an LRU list: a later request with the same prefix
+reclaims them; allocation takes the least recently freed block first and
+forgets its hash.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from .sequence import Sequence
+
+
+@dataclass
+class Block:
+    block_id: int
+    ref_count: int = 0
+    hash: int | None = None
+    token_ids: tuple[int, ...] = ()
+
+
+@dataclass
+class PrefixCacheStats:
+    queries: int = 0  # prompt tokens looked up
+    hits: int = 0  # of those, found in the cache
+
+
+class NoFreeBlocks(RuntimeError):
+    pass
+
+
+@dataclass
+class BlockManager:
+    num_blocks: int
+    block_size: int
+    enable_prefix_caching: bool = True
+    blocks: list[Block] = field(init=False)
+    free: OrderedDict = field(init=False)  # block_id -> None, least recently freed first
+    by_hash: dict[int, int] = field(init=False)
+    stats: PrefixCacheStats = field(default_factory=PrefixCacheStats)
+
+    def __post_init__(self):
+        self.blocks = [Block(i) for i in range(self.num_blocks)]
+        self.free = OrderedDict((i, None) for i in range(self.num_blocks))
+        self.by_hash = {}
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free)
+
+    @property
+    def usage(self) -> float:
+        return 1.0 - len(self.free) / self.num_blocks if self.num_blocks else 0.0
+
+    def _chain_hashes(self, token_ids: list[int], prev: int | None = None, first: int = 0) -> list[int]:
+        """Hashes of the full blocks of ``token_ids`` from block ``first`` on, chained from ``prev``."""
+        hashes = []
+        for start in range(first * self.block_size, len(token_ids) - self.block_size + 1, self.block_size):
+            prev = hash((prev, tuple(token_ids[start:start + self.block_size])))
+            hashes.append(prev)
+        return hashes
+
+    def _take_free(self) -> Block:
+        if not self.free:
+            raise NoFreeBlocks("no free KV-cache blocks")
+        block = self.blocks[self.free.popitem(last=False)[0]]
+        if block.hash is not None and self.by_hash.get(block.hash) == block.block_id:
+            del self.by_hash[block.hash]
+        block.hash, block.token_ids, block.ref_count = None, (), 1
+        return block
+
+    def _cached_block(self, h: int, tokens: tuple[int, ...]) -> Block | None:
+        block_id = self.by_hash.get(h)
+        if block_id is None or self.blocks[block_id].token_ids != tokens:
+            return None  # the token check guards against hash collisions
+        return self.blocks[block_id]
+
+    def _reuse(self, block: Block) -> None:
+        if block.ref_count == 0:
+            del self.free[block.block_id]
+        block.ref_count += 1
+
+    def _cacheable_blocks(self, seq: Sequence) -> list[int]:
+        # never take the whole sequence from the cache: the last token must be computed for its logits
+        return self._chain_hashes(seq.token_ids[: len(seq) - 1]) if self.enable_prefix_caching else []
+
+    def can_allocate(self, seq: Sequence) -> bool:
+        """Whether ``allocate(seq)`` would succeed (cached prefix blocks cost nothing new)."""
+        hits_free = 0
+        hits = 0
+        for i, h in enumerate(self._cacheable_blocks(seq)):
+            block = self._cached_block(h, tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size]))
+            if block is None:
+                break
+            hits += 1
+            hits_free += block.ref_count == 0
+        return seq.num_blocks_needed(self.block_size) - hits + hits_free <= len(self.free)
+
+    def allocate(self, seq: Sequence) -> None:
+        """Give ``seq`` blocks for all its tokens, reusing cached prefix blocks; sets its computed count."""
+        assert not seq.block_table, "sequence already holds blocks"
+        if not self.can_allocate(seq):
+            raise NoFreeBlocks("not enough free KV-cache blocks")
+        hashes = self._cacheable_blocks(seq)
+        cached = 0
+        for i, h in enumerate(hashes):
+            tokens = tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size])
+            block = self._cached_block(h, tokens)
+            if block is None:
+                break
+            self._reuse(block)
+            seq.block_table.append(block.block_id)
+            seq.block_hashes.append(h)
+            cached += 1
+        self.stats.queries += len(seq)
+        self.stats.hits += cached * self.block_size
+        for _ in range(cached, seq.num_blocks_needed(self.block_size)):
+            seq.block_table.append(self._take_free().block_id)
+        seq.num_computed_tokens = seq.num_cached_tokens = cached * self.block_size
+
+    def can_append(self, seq: Sequence) -> bool:
+        """Room for one more token (a new block only when the last one is full)."""
+        return len(seq) <= len(seq.block_table) * self.block_size or bool(self.free)
+
+    def append_slot(self, seq: Sequence) -> None:
+        """Make room for the token at position ``len(seq) - 1`` (just appended)."""
+        if len(seq) > len(seq.block_table) * self.block_size:
+            seq.block_table.append(self._take_free().block_id)
+
+    def commit_full_blocks(self, seq: Sequence) -> None:
+        """Register the hashes of blocks whose K/V are now fully computed, for later requests."""
+        if not self.enable_prefix_caching:
+            return
+        full = seq.num_computed_tokens // self.block_size
+        done = len(seq.block_hashes)
+        if full <= done:
+            return
+        prev = seq.block_hashes[-1] if done else None
+        new = self._chain_hashes(seq.token_ids[: full * self.block_size], prev, done)
+        seq.block_hashes.extend(new)
+        for i, h in enumerate(new, start=done):
+            block = self.blocks[seq.block_table[i]]
+            if block.hash is None and h not in self.by_hash:
+                block.hash = h
+                block.token_ids = tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size])
+                self.by_hash[h] = block.block_id
+
+    def free_sequence(self, seq: Sequence) -> None:
+        """Return every block of ``seq``; blocks nobody uses go to the LRU free list (hash kept)."""
+        for block_id in reversed(seq.block_table):
+            block = self.blocks[block_id]
+            assert block.ref_count > 0, f"block {block_id} freed twice"
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self.free[block_id] = None
+        seq.block_table = []
+        seq.block_hashes = []
+        seq.num_computed_tokens = 0

@@ -1,0 +1,25 @@
+"""Engine configuration."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_num_seqs: int = 64  # sequences decoded together in one step
+    max_num_batched_tokens: int = 2048  # tokens (prefill chunks + decodes) in one step
+    block_size: int = 16  # tokens per KV-cache block
+    kv_cache_memory: int | None = None  # bytes for the KV cache; None: 1 GiB on CPU, 90% of free memory on CUDA
+    max_model_len: int | None = None  # cap on prompt + output tokens; None: the model's own
+    max_waiting_requests: int = 1024  # queue bound; more is refused (HTTP 429)
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self):
+        if self.block_size not in (16, 32):
+            raise ValueError(f"block_size must be 16 or 32, got {self.block_size}")
+        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
+            raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
+        if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
+            raise ValueError("kv_cache_memory must be positive")

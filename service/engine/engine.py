@@ -1,0 +1,226 @@
+"""The synchronous engine: add requests, ``step()`` until they finish.
+
+    out = scheduler.schedule()                 # who runs this step, and how many tokens each
+    logits, seqs = runner.run(out)             # one packed forward pass
+    self._postprocess(seqs, sample(logits))    # append tokens, detokenise, stop
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from models import LoadedModel
+
+from .block_manager import BlockManager
+from .config import EngineConfig
+from .detokenize import TextState
+from .model_runner import ModelRunner, kv_cache_blocks
+from .outputs import CompletionOutput, RequestOutput, TokenLogprob
+from .sampler import sample
+from .sampling_params import SamplingParams
+from .scheduler import Scheduler
+from .sequence import FinishReason, Sequence
+
+log = logging.getLogger("kernelserve.engine")
+
+
+class RequestError(ValueError):
+    """A request the engine cannot take (too long for the model or the cache); becomes HTTP 400."""
+
+    def __init__(self, message: str, code: str = "invalid_request", param: str | None = None):
+        super().__init__(message)
+        self.code, self.param = code, param
+
+
+@dataclass
+class RequestTimes:
+    arrival: float
+    scheduled: float | None = None
+    first_token: float | None = None
+    last_token: float | None = None
+
+
+@dataclass
+class Request:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    seqs: list[Sequence]
+    texts: dict[int, TextState]
+    times: RequestTimes
+    pending: dict[int, CompletionOutput] = field(default_factory=dict)  # news since the last report
+
+    @property
+    def finished(self) -> bool:
+        return all(s.finished for s in self.seqs)
+
+
+@dataclass
+class EngineCounters:
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    finished: dict[str, int] = field(default_factory=dict)
+
+
+class LLMEngine:
+    def __init__(self, loaded: LoadedModel, config: EngineConfig = EngineConfig()):
+        self.loaded = loaded
+        self.config = config
+        num_blocks = kv_cache_blocks(loaded, config)
+        self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(config, self.block_manager)
+        self.runner = ModelRunner(loaded, config, num_blocks)
+        limit = min(loaded.max_model_len, num_blocks * config.block_size)
+        self.max_model_len = min(limit, config.max_model_len or limit)
+        self.eos_ids = set(loaded.eos_token_ids)
+        self.requests: dict[str, Request] = {}
+        self.generators: dict[int, torch.Generator] = {}
+        self.counters = EngineCounters()
+
+    # -- requests ---------------------------------------------------------------------------
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        if request_id in self.requests:
+            raise RequestError(f"request id {request_id!r} is already in use")
+        if not prompt_token_ids:
+            raise RequestError("the prompt is empty", param="prompt")
+        vocab = self.loaded.config.vocab_size
+        if any(not 0 <= t < vocab for t in prompt_token_ids):
+            raise RequestError(f"prompt token ids must be in [0, {vocab})", param="prompt")
+        if len(prompt_token_ids) + params.max_tokens > self.max_model_len:
+            raise RequestError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{len(prompt_token_ids) + params.max_tokens} tokens ({len(prompt_token_ids)} in the messages, "
+                f"{params.max_tokens} in the completion). Please reduce the length of the messages or completion.",
+                code="context_length_exceeded", param="messages")
+        now = time.monotonic()
+        seqs = [Sequence(request_id, i, list(prompt_token_ids), params, now) for i in range(params.n)]
+        texts = {s.seq_id: TextState.create(self.loaded.tokenizer, prompt_token_ids, params) for s in seqs}
+        for s in seqs:
+            if params.seed is not None:
+                self.generators[s.seq_id] = torch.Generator(device=self.loaded.device).manual_seed(params.seed + s.index)
+            self.scheduler.add(s)
+        self.requests[request_id] = Request(request_id, list(prompt_token_ids), params, seqs, texts, RequestTimes(now))
+        self.counters.prompt_tokens += len(prompt_token_ids)
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now and return its blocks; its final output has finish_reason 'abort'."""
+        req = self.requests.get(request_id)
+        if req is None:
+            return None
+        for seq in req.seqs:
+            if not seq.finished:
+                self._finish(req, seq, FinishReason.ABORT)
+        return self._report(req)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work()
+
+    # -- the step -----------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        out = self.scheduler.schedule()
+        if out.empty:
+            return []
+        now = time.monotonic()
+        for chunk in out.prefills:
+            req = self.requests[chunk.seq.request_id]
+            req.times.scheduled = req.times.scheduled or now
+        logits, seqs = self.runner.run(out)
+        self.scheduler.computed(out)
+        if seqs:
+            result = sample(logits, seqs, self.generators)
+            for seq, token, lp in zip(seqs, result.token_ids, result.logprobs):
+                self._append(seq, token, lp)
+        touched = {s.request_id for s in seqs}
+        return [self._report(self.requests[r]) for r in touched if r in self.requests]
+
+    def _append(self, seq: Sequence, token: int, logprob) -> None:
+        req = self.requests[seq.request_id]
+        now = time.monotonic()
+        req.times.first_token = req.times.first_token or now
+        req.times.last_token = now
+        seq.output_token_ids.append(token)
+        self.counters.generation_tokens += 1
+        news = req.pending.setdefault(seq.seq_id, CompletionOutput(seq.index, "", [], [] if seq.params.logprobs is not None else None))
+        news.token_ids.append(token)
+        if logprob is not None:
+            news.logprobs.append(TokenLogprob(token, logprob[0], logprob[1]))
+        reason = self._stop_reason(seq, token)
+        text = req.texts[seq.seq_id]
+        if reason is None or reason[1] is None:  # stop/EOS tokens add no text
+            if text.add_token(token):
+                reason = (FinishReason.STOP, text.stop_reason)
+        if reason is not None:
+            self._finish(req, seq, reason[0], reason[1])
+
+    def _stop_reason(self, seq: Sequence, token: int):
+        """(reason, stop token or None) when this token ends the sequence."""
+        p = seq.params
+        if token in p.stop_token_ids:
+            return FinishReason.STOP, token
+        if token in self.eos_ids and not p.ignore_eos:
+            return FinishReason.STOP, token
+        if len(seq.output_token_ids) >= p.max_tokens or len(seq) >= self.max_model_len:
+            return FinishReason.LENGTH, None
+        return None
+
+    def _finish(self, req: Request, seq: Sequence, reason: FinishReason, stop=None) -> None:
+        self.scheduler.finish(seq, reason)
+        self.generators.pop(seq.seq_id, None)
+        text = req.texts[seq.seq_id]
+        if reason is not FinishReason.STOP or text.stop_reason is None:
+            text.finish()
+        news = req.pending.setdefault(seq.seq_id, CompletionOutput(seq.index, "", [], [] if seq.params.logprobs is not None else None))
+        news.finish_reason = reason.value
+        news.stop_reason = text.stop_reason if text.stop_reason is not None else stop
+        self.counters.finished[reason.value] = self.counters.finished.get(reason.value, 0) + 1
+
+    def _report(self, req: Request) -> RequestOutput:
+        outputs = []
+        for seq in req.seqs:
+            news = req.pending.pop(seq.seq_id, None)
+            if news is None:
+                continue
+            news.text = req.texts[seq.seq_id].take(final=seq.finished)
+            outputs.append(news)
+        finished = req.finished
+        if finished:
+            del self.requests[req.request_id]
+        cached = max((s.num_cached_tokens for s in req.seqs), default=0)
+        return RequestOutput(req.request_id, req.prompt_token_ids, outputs, finished, cached)
+
+    # -- introspection ------------------------------------------------------------------------
+    def stats(self) -> dict:
+        bm = self.block_manager
+        return {
+            "num_requests_running": len({s.request_id for s in self.scheduler.running}),
+            "num_requests_waiting": len({s.request_id for s in self.scheduler.waiting} - {s.request_id for s in self.scheduler.running}),
+            "kv_cache_usage_perc": bm.usage,
+            "num_free_blocks": bm.num_free_blocks,
+            "num_blocks": bm.num_blocks,
+            "num_preemptions": self.scheduler.num_preemptions,
+            "prefix_cache_queries": bm.stats.queries,
+            "prefix_cache_hits": bm.stats.hits,
+            "prompt_tokens": self.counters.prompt_tokens,
+            "generation_tokens": self.counters.generation_tokens,
+        }
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[CompletionOutput]]:
+        """Run prompts to completion (offline use and tests): per prompt, per sequence the joined output."""
+        params = params if isinstance(params, list) else [params] * len(prompts)
+        ids = [f"offline-{time.monotonic_ns()}-{i}" for i in range(len(prompts))]
+        for rid, prompt, p in zip(ids, prompts, params):
+            self.add_request(rid, prompt, p)
+        joined: dict[str, dict[int, CompletionOutput]] = {rid: {} for rid in ids}
+        while self.has_unfinished():
+            for out in self.step():
+                for o in out.outputs:
+                    acc = joined[out.request_id].setdefault(o.index, CompletionOutput(o.index, "", [], [] if o.logprobs is not None else None))
+                    acc.text += o.text
+                    acc.token_ids += o.token_ids
+                    if o.logprobs is not None:
+                        acc.logprobs += o.logprobs
+                    acc.finish_reason, acc.stop_reason = o.finish_reason, o.stop_reason
+        return [[joined[rid][i] for i in sorted(joined[rid])] for rid in ids]

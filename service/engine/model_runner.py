@@ -1,0 +1,99 @@
+"""Turns a scheduled step into flat tensors, runs one forward pass and returns the logits to sample."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from models import AttentionMetadata, LoadedModel
+from models.metadata import cu_seqlens
+
+from .config import GiB, EngineConfig
+from .scheduler import SchedulerOutput
+from .sequence import Sequence
+
+log = logging.getLogger("kernelserve.engine")
+
+
+def kv_cache_blocks(loaded: LoadedModel, config: EngineConfig) -> int:
+    """How many KV blocks fit the configured memory budget."""
+    cfg = loaded.config
+    element = torch.tensor([], dtype=loaded.dtype).element_size()
+    per_block = 2 * cfg.num_layers * config.block_size * cfg.num_kv_heads * cfg.head_dim * element
+    budget = config.kv_cache_memory
+    if budget is None:
+        if loaded.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(loaded.device)
+            budget = int(free * 0.9)
+        else:
+            budget = GiB
+    return max(1, budget // per_block)
+
+
+class ModelRunner:
+    def __init__(self, loaded: LoadedModel, config: EngineConfig, num_blocks: int):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.device = loaded.device
+        self.block_size = config.block_size
+        cfg = loaded.config
+        shape = (num_blocks, config.block_size, cfg.num_kv_heads, cfg.head_dim)
+        self.kv_caches = [(torch.zeros(shape, dtype=loaded.dtype, device=self.device),
+                           torch.zeros(shape, dtype=loaded.dtype, device=self.device)) for _ in range(cfg.num_layers)]
+        log.info("%s: KV cache of %d blocks x %d tokens (%.0f MiB)", loaded.name, num_blocks, config.block_size,
+                 2 * sum(k.numel() * k.element_size() for k, _ in self.kv_caches) / 2**20)
+
+    def _slots(self, seq: Sequence, start: int, end: int) -> list[int]:
+        bs, table = self.block_size, seq.block_table
+        return [table[p // bs] * bs + p % bs for p in range(start, end)]
+
+    def _metadata(self, out: SchedulerOutput) -> tuple[list[int], list[int], AttentionMetadata]:
+        tokens, positions, slots, kv_slots = [], [], [], []
+        q_lens, k_lens = [], []
+        for c in out.prefills:
+            ids = c.seq.token_ids
+            tokens += ids[c.start:c.end]
+            positions += range(c.start, c.end)
+            slots += self._slots(c.seq, c.start, c.end)
+            kv_slots += self._slots(c.seq, 0, c.end)
+            q_lens.append(c.end - c.start)
+            k_lens.append(c.end)
+        for seq in out.decodes:
+            tokens.append(seq.token_ids[-1])
+            positions.append(len(seq) - 1)
+            slots += self._slots(seq, len(seq) - 1, len(seq))
+        dev = self.device
+        decode_tables = decode_lens = None
+        if out.decodes:
+            width = max(len(s.block_table) for s in out.decodes)
+            decode_tables = torch.tensor([s.block_table + [0] * (width - len(s.block_table)) for s in out.decodes],
+                                         dtype=torch.int32, device=dev)
+            decode_lens = torch.tensor([len(s) for s in out.decodes], dtype=torch.int32, device=dev)
+        has_prefix = any(c.start > 0 for c in out.prefills)
+        meta = AttentionMetadata(
+            num_prefill_tokens=sum(q_lens), cu_seqlens_q=cu_seqlens(q_lens, dev), cu_seqlens_k=cu_seqlens(k_lens, dev),
+            max_seqlen_q=max(q_lens, default=0), max_seqlen_k=max(k_lens, default=0),
+            prefill_kv_slots=torch.tensor(kv_slots, device=dev) if has_prefix else None,
+            decode_block_tables=decode_tables, decode_seq_lens=decode_lens,
+            slot_mapping=torch.tensor(slots, device=dev),
+        )
+        return tokens, positions, meta
+
+    @torch.inference_mode()
+    def run(self, out: SchedulerOutput) -> tuple[torch.Tensor, list[Sequence]]:
+        """One forward pass; returns float32 logits [N, V] for the N sequences that sample, and those sequences."""
+        tokens, positions, meta = self._metadata(out)
+        hidden = self.model(torch.tensor(tokens, device=self.device), torch.tensor(positions, device=self.device),
+                            meta, self.kv_caches)
+        rows, seqs, offset = [], [], 0
+        for c in out.prefills:
+            offset += c.end - c.start
+            if c.samples:
+                rows.append(offset - 1)
+                seqs.append(c.seq)
+        for i, seq in enumerate(out.decodes):
+            rows.append(offset + i)
+            seqs.append(seq)
+        if not rows:
+            return torch.empty(0, device=self.device), []
+        return self.model.logits(hidden[torch.tensor(rows, device=self.device)]), seqs
