@@ -18,7 +18,7 @@ from .block_manager import BlockManager
 from .config import EngineConfig
 from .detokenize import TextState
 from .model_runner import ModelRunner, kv_cache_blocks
-from .outputs import CompletionOutput, RequestOutput, TokenLogprob
+from .outputs import CompletionOutput, RequestOutput, RequestTimes, TokenLogprob
 from .sampler import sample
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
@@ -33,14 +33,6 @@ class RequestError(ValueError):
     def __init__(self, message: str, code: str = "invalid_request", param: str | None = None):
         super().__init__(message)
         self.code, self.param = code, param
-
-
-@dataclass
-class RequestTimes:
-    arrival: float
-    scheduled: float | None = None
-    first_token: float | None = None
-    last_token: float | None = None
 
 
 @dataclass
@@ -149,7 +141,7 @@ class LLMEngine:
             news.logprobs.append(TokenLogprob(token, logprob[0], logprob[1]))
         reason = self._stop_reason(seq, token)
         text = req.texts[seq.seq_id]
-        if reason is None or reason[1] is None:  # stop/EOS tokens add no text
+        if reason is None or reason[0] is FinishReason.LENGTH:  # stop/EOS tokens add no text
             if text.add_token(token):
                 reason = (FinishReason.STOP, text.stop_reason)
         if reason is not None:
@@ -161,7 +153,7 @@ class LLMEngine:
         if token in p.stop_token_ids:
             return FinishReason.STOP, token
         if token in self.eos_ids and not p.ignore_eos:
-            return FinishReason.STOP, token
+            return FinishReason.STOP, None  # as vLLM: stop_reason names stop strings / stop tokens only
         if len(seq.output_token_ids) >= p.max_tokens or len(seq) >= self.max_model_len:
             return FinishReason.LENGTH, None
         return None
@@ -189,7 +181,8 @@ class LLMEngine:
         if finished:
             del self.requests[req.request_id]
         cached = max((s.num_cached_tokens for s in req.seqs), default=0)
-        return RequestOutput(req.request_id, req.prompt_token_ids, outputs, finished, cached)
+        generated = sum(len(s.output_token_ids) for s in req.seqs)
+        return RequestOutput(req.request_id, req.prompt_token_ids, outputs, finished, cached, req.times, generated)
 
     # -- introspection ------------------------------------------------------------------------
     def stats(self) -> dict:

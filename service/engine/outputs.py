@@ -23,12 +23,23 @@ class CompletionOutput:
 
 
 @dataclass
+class RequestTimes:
+    """Monotonic timestamps of a request's life, for latency metrics."""
+    arrival: float
+    scheduled: float | None = None
+    first_token: float | None = None
+    last_token: float | None = None
+
+
+@dataclass
 class RequestOutput:
     request_id: str
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput]
     finished: bool
     num_cached_tokens: int = 0
+    times: RequestTimes | None = None
+    num_generated_tokens: int = 0  # across the request's sequences, so far
 
 
 @dataclass

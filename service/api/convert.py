@@ -1,0 +1,123 @@
+"""Request -> engine inputs: prompts, chat messages and ``to_sampling_params``."""
+from __future__ import annotations
+
+from models import ChatTemplateError, Tokenizer
+from service.engine import SamplingParams
+
+from .errors import bad_request
+from .protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, SamplingFields
+
+MAX_LOGPROBS = 20
+
+
+def reject_unsupported_chat(req: ChatCompletionRequest) -> None:
+    """Fields we accept but cannot honour yet fail loudly instead of being ignored."""
+    if req.tools:
+        raise bad_request("tools / function calling is not supported yet", "tools", "unsupported_parameter")
+    if req.tool_choice not in (None, "none"):
+        raise bad_request("tool_choice is not supported yet", "tool_choice", "unsupported_parameter")
+    if req.functions or req.function_call not in (None, "none"):
+        raise bad_request("functions / function_call are not supported yet", "functions", "unsupported_parameter")
+    if req.response_format and req.response_format.get("type") not in (None, "text"):
+        raise bad_request(f"response_format {req.response_format.get('type')!r} is not supported yet "
+                          "(only 'text')", "response_format", "unsupported_parameter")
+    if req.audio or (req.modalities and set(req.modalities) - {"text"}):
+        raise bad_request("audio output is not supported", "modalities", "unsupported_parameter")
+    if req.prediction:
+        raise bad_request("predicted outputs are not supported yet", "prediction", "unsupported_parameter")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise bad_request("top_logprobs requires logprobs to be true", "top_logprobs")
+
+
+def reject_unsupported_common(req: SamplingFields) -> None:
+    if req.use_beam_search:
+        raise bad_request("use_beam_search is not supported yet", "use_beam_search", "unsupported_parameter")
+    if req.best_of is not None and req.best_of != req.n:
+        raise bad_request("best_of other than n needs beam search or ranking, which is not supported yet",
+                          "best_of", "unsupported_parameter")
+    if req.min_tokens:
+        raise bad_request("min_tokens is not supported yet", "min_tokens", "unsupported_parameter")
+
+
+def message_dicts(messages: list[ChatMessage]) -> list[dict]:
+    """Messages as the chat template sees them: content parts joined into one string."""
+    out = []
+    for i, m in enumerate(messages):
+        d = m.model_dump(exclude_none=True)
+        if isinstance(m.content, list):
+            texts = []
+            for part in m.content:
+                if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise bad_request(f"content part type {part.get('type')!r} is not supported (only text)",
+                                      f"messages.{i}.content")
+                texts.append(part["text"])
+            d["content"] = "".join(texts)
+        out.append(d)
+    if not out:
+        raise bad_request("messages must not be empty", "messages")
+    return out
+
+
+def chat_prompt(tokenizer: Tokenizer, req: ChatCompletionRequest) -> tuple[str, list[int]]:
+    messages = message_dicts(req.messages)
+    try:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=req.add_generation_prompt,
+                                             **(req.chat_template_kwargs or {}))
+    except ChatTemplateError as err:
+        raise bad_request(f"chat template: {err}", "messages") from None
+    # the template writes the special tokens itself (transformers' apply_chat_template does the same)
+    return text, tokenizer.encode(text, add_special_tokens=False)
+
+
+def completion_prompts(tokenizer: Tokenizer, prompt) -> list[tuple[str | None, list[int]]]:
+    """(text or None, token ids) for each prompt of a completions request."""
+    if isinstance(prompt, str):
+        return [(prompt, tokenizer.encode(prompt))]
+    if not prompt:
+        raise bad_request("prompt must not be empty", "prompt")
+    if all(isinstance(p, int) for p in prompt):
+        return [(None, list(prompt))]
+    if all(isinstance(p, str) for p in prompt):
+        return [(p, ids) for p, ids in zip(prompt, tokenizer.encode_batch(list(prompt)))]
+    if all(isinstance(p, list) for p in prompt):
+        return [(None, list(p)) for p in prompt]
+    raise bad_request("prompt must be a string, a list of strings, a list of token ids or a list of those", "prompt")
+
+
+def _logit_bias(bias: dict[str, float] | None, vocab: int) -> tuple[tuple[int, float], ...]:
+    out = []
+    for key, value in (bias or {}).items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise bad_request(f"logit_bias keys must be token ids, got {key!r}", "logit_bias") from None
+        if not 0 <= token < vocab:
+            raise bad_request(f"logit_bias token {token} is outside the vocabulary [0, {vocab})", "logit_bias")
+        if not -100 <= value <= 100:
+            raise bad_request("logit_bias values must be in [-100, 100]", "logit_bias")
+        out.append((token, float(value)))
+    return tuple(out)
+
+
+def to_sampling_params(req: SamplingFields, *, max_tokens: int | None, default_max: int, logprobs: int | None,
+                       vocab: int) -> SamplingParams:
+    """The one place a request becomes engine parameters."""
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    if any(not s for s in stop):
+        raise bad_request("stop strings must not be empty", "stop")
+    if logprobs is not None and not 0 <= logprobs <= MAX_LOGPROBS:
+        raise bad_request(f"logprobs must be between 0 and {MAX_LOGPROBS}", "logprobs")
+    try:
+        return SamplingParams(
+            n=req.n, max_tokens=max_tokens if max_tokens is not None else default_max,
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0,
+            min_p=req.min_p or 0.0, presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty, repetition_penalty=req.repetition_penalty or 1.0,
+            logit_bias=_logit_bias(req.logit_bias, vocab), seed=req.seed, stop=tuple(stop),
+            stop_token_ids=tuple(req.stop_token_ids or ()), ignore_eos=req.ignore_eos, logprobs=logprobs,
+            skip_special_tokens=req.skip_special_tokens, include_stop_str_in_output=req.include_stop_str_in_output,
+        )
+    except ValueError as err:
+        param = str(err).split()[0]
+        raise bad_request(str(err), param) from None

@@ -1,0 +1,345 @@
+"""Chat, completions and embeddings: engine outputs -> OpenAI responses and SSE streams."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from fastapi import Request
+
+from models import Tokenizer
+from service import __version__
+from service.engine import EngineDead, QueueFull, RequestError, RequestOutput, SamplingParams, TokenLogprob
+
+from .convert import (chat_prompt, completion_prompts, reject_unsupported_chat, reject_unsupported_common,
+                      to_sampling_params)
+from .errors import APIError, bad_request
+from .protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, make_id
+from .registry import ModelRegistry, ServedModel
+
+FINGERPRINT = f"kernelserve-{__version__}"
+
+
+@dataclass
+class Choice:
+    """A choice accumulated from incremental outputs."""
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+
+
+def _finish_reason(reason: str | None) -> str | None:
+    return "stop" if reason == "abort" else reason  # an aborted request's client is gone
+
+
+async def start_generation(served: ServedModel, request_id: str, prompt_ids: list[int],
+                           params: SamplingParams) -> AsyncIterator[RequestOutput]:
+    """Submit to the engine and surface admission errors before any response bytes are sent."""
+    try:
+        stream = await served.engine.generate(request_id, prompt_ids, params)
+        first = await stream.__anext__()
+    except RequestError as err:
+        raise APIError(400, str(err), code=err.code, param=err.param) from None
+    except QueueFull as err:
+        raise APIError(429, f"Server busy: {err}. Retry later.", code="queue_full", headers={"Retry-After": "1"}) from None
+    except EngineDead as err:
+        raise APIError(500, str(err), code="engine_error") from None
+
+    async def chained():
+        yield first
+        async for out in stream:
+            yield out
+
+    return _closing(chained(), stream)
+
+
+async def _closing(gen, inner):
+    try:
+        async for item in gen:
+            yield item
+    finally:
+        await inner.aclose()
+
+
+async def until_disconnect(request: Request, work):
+    """Run ``work``; cancel it (aborting the engine requests) if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.25)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            raise APIError(400, "client disconnected", code="client_disconnected")
+
+
+def _merge(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """Interleave several engine streams as outputs arrive: (stream index, output)."""
+    async def gen():
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(i, s):
+            try:
+                async for out in s:
+                    await queue.put((i, out))
+            except BaseException as err:  # surface, then stop
+                await queue.put((i, err))
+            finally:
+                await queue.put((i, None))
+
+        tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+        live = len(streams)
+        try:
+            while live:
+                i, item = await queue.get()
+                if item is None:
+                    live -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield i, item
+        finally:
+            for t in tasks:
+                t.cancel()
+            for s in streams:
+                await s.aclose()
+    return gen()
+
+
+def _token_str(tok: Tokenizer, token_id: int) -> str:
+    return tok.decode([token_id], skip_special_tokens=False)
+
+
+def chat_logprobs(tok: Tokenizer, items: list[TokenLogprob]) -> dict:
+    def entry(token_id, logprob):
+        s = _token_str(tok, token_id)
+        return {"token": s, "logprob": max(logprob, -9999.0), "bytes": list(s.encode("utf-8"))}
+    return {"content": [{**entry(i.token_id, i.logprob), "top_logprobs": [entry(t, lp) for t, lp in i.top]}
+                        for i in items], "refusal": None}
+
+
+def completion_logprobs(tok: Tokenizer, items: list[TokenLogprob], offset: int) -> dict:
+    tokens, lps, tops, offsets = [], [], [], []
+    for i in items:
+        s = _token_str(tok, i.token_id)
+        tokens.append(s)
+        lps.append(max(i.logprob, -9999.0))
+        tops.append({_token_str(tok, t): lp for t, lp in i.top} if i.top else None)
+        offsets.append(offset)
+        offset += len(s)
+    return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached: int = 0) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+def sse(payload: dict | str) -> str:
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+class OpenAIServing:
+    def __init__(self, registry: ModelRegistry):
+        self.registry = registry
+
+    # -- chat ------------------------------------------------------------------------------
+    def _chat_inputs(self, req: ChatCompletionRequest):
+        served = self.registry.for_generation(req.model)
+        reject_unsupported_chat(req)
+        reject_unsupported_common(req)
+        tok = served.loaded.tokenizer
+        text, prompt_ids = chat_prompt(tok, req)
+        requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        room = max(1, served.max_model_len - len(prompt_ids))
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        params = to_sampling_params(req, max_tokens=requested, default_max=room, logprobs=logprobs,
+                                    vocab=served.loaded.config.vocab_size)
+        return served, text, prompt_ids, params
+
+    async def chat(self, req: ChatCompletionRequest, request: Request):
+        served, text, prompt_ids, params = self._chat_inputs(req)
+        request_id = make_id("chatcmpl")
+        stream = await start_generation(served, request_id, prompt_ids, params)
+        if req.stream:
+            return self._chat_stream(req, served, request_id, prompt_ids, text, stream)
+        choices, cached = await until_disconnect(request, self._collect(stream, params.n))
+        tok = served.loaded.tokenizer
+        body = []
+        for i, c in enumerate(choices):
+            content = (text if req.echo else "") + c.text
+            body.append({"index": i, "message": {"role": "assistant", "content": content, "refusal": None,
+                                                   "tool_calls": []},
+                         "logprobs": chat_logprobs(tok, c.logprobs) if req.logprobs else None,
+                         "finish_reason": _finish_reason(c.finish_reason), "stop_reason": c.stop_reason})
+        return {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": served.name,
+                "system_fingerprint": FINGERPRINT, "choices": body,
+                "usage": usage(len(prompt_ids), sum(len(c.token_ids) for c in choices), cached)}
+
+    async def _collect(self, stream, n: int) -> tuple[list[Choice], int]:
+        choices = [Choice() for _ in range(n)]
+        cached = 0
+        async for out in stream:
+            cached = out.num_cached_tokens
+            for o in out.outputs:
+                c = choices[o.index]
+                c.text += o.text
+                c.token_ids += o.token_ids
+                c.logprobs += o.logprobs or []
+                if o.finish_reason:
+                    c.finish_reason, c.stop_reason = o.finish_reason, o.stop_reason
+        return choices, cached
+
+    async def _chat_stream(self, req, served, request_id, prompt_ids, prompt_text, stream):
+        created, tok = int(time.time()), served.loaded.tokenizer
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": served.name,
+                "system_fingerprint": FINGERPRINT}
+
+        def chunk(index, delta, finish=None, logprobs=None, stop_reason=None):
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+            if finish:
+                choice["stop_reason"] = stop_reason
+            return sse({**base, "choices": [choice], **({"usage": None} if include_usage else {})})
+
+        for i in range(req.n):
+            yield chunk(i, {"role": "assistant", "content": prompt_text if req.echo else ""})
+        completion_tokens, cached = 0, 0
+        async for out in stream:
+            cached = out.num_cached_tokens
+            for o in out.outputs:
+                completion_tokens += len(o.token_ids)
+                lp = chat_logprobs(tok, o.logprobs) if req.logprobs and o.logprobs else None
+                if o.text or lp:
+                    yield chunk(o.index, {"content": o.text}, logprobs=lp)
+                if o.finish_reason:
+                    yield chunk(o.index, {}, _finish_reason(o.finish_reason), stop_reason=o.stop_reason)
+        if include_usage:
+            yield sse({**base, "choices": [], "usage": usage(len(prompt_ids), completion_tokens, cached)})
+        yield sse("[DONE]")
+
+    # -- completions -----------------------------------------------------------------------
+    async def completion(self, req: CompletionRequest, request: Request):
+        served = self.registry.for_generation(req.model)
+        reject_unsupported_common(req)
+        if req.suffix:
+            raise bad_request("suffix (fill-in-the-middle) is not supported yet", "suffix", "unsupported_parameter")
+        tok = served.loaded.tokenizer
+        prompts = completion_prompts(tok, req.prompt)
+        base_id = make_id("cmpl")
+        streams, metas = [], []
+        try:
+            for i, (text, ids) in enumerate(prompts):
+                room = max(1, served.max_model_len - len(ids))
+                params = to_sampling_params(req, max_tokens=req.max_tokens if req.max_tokens is not None else 16,
+                                            default_max=room, logprobs=req.logprobs,
+                                            vocab=served.loaded.config.vocab_size)
+                streams.append(await start_generation(served, f"{base_id}-{i}", ids, params))
+                metas.append((text if text is not None else tok.decode(ids, skip_special_tokens=False), ids))
+        except BaseException:
+            for s in streams:
+                await s.aclose()
+            raise
+        merged = _merge(streams)
+        if req.stream:
+            return self._completion_stream(req, served, base_id, metas, merged)
+        return await until_disconnect(request, self._completion_body(req, served, base_id, metas, merged))
+
+    async def _completion_body(self, req, served, base_id, metas, merged):
+        n, tok = req.n, served.loaded.tokenizer
+        choices = [Choice() for _ in range(n * len(metas))]
+        cached = 0
+        async for i, out in merged:
+            cached += out.num_cached_tokens if out.finished else 0
+            for o in out.outputs:
+                c = choices[i * n + o.index]
+                c.text += o.text
+                c.token_ids += o.token_ids
+                c.logprobs += o.logprobs or []
+                if o.finish_reason:
+                    c.finish_reason, c.stop_reason = o.finish_reason, o.stop_reason
+        body = []
+        for k, c in enumerate(choices):
+            prompt_text = metas[k // n][0] if req.echo else ""
+            body.append({"index": k, "text": prompt_text + c.text, "finish_reason": _finish_reason(c.finish_reason),
+                         "stop_reason": c.stop_reason,
+                         "logprobs": completion_logprobs(tok, c.logprobs, len(prompt_text)) if req.logprobs is not None else None})
+        prompt_tokens = sum(len(ids) for _, ids in metas)
+        return {"id": base_id, "object": "text_completion", "created": int(time.time()), "model": served.name,
+                "system_fingerprint": FINGERPRINT, "choices": body,
+                "usage": usage(prompt_tokens, sum(len(c.token_ids) for c in choices), cached)}
+
+    async def _completion_stream(self, req, served, base_id, metas, merged):
+        n, tok, created = req.n, served.loaded.tokenizer, int(time.time())
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        offsets = [0] * (n * len(metas))
+
+        def chunk(index, text, finish=None, logprobs=None, stop_reason=None):
+            choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+            if finish:
+                choice["stop_reason"] = stop_reason
+            return sse({"id": base_id, "object": "text_completion", "created": created, "model": served.name,
+                        "system_fingerprint": FINGERPRINT, "choices": [choice],
+                        **({"usage": None} if include_usage else {})})
+
+        if req.echo:
+            for k in range(n * len(metas)):
+                offsets[k] = len(metas[k // n][0])
+                yield chunk(k, metas[k // n][0])
+        completion_tokens = 0
+        async for i, out in merged:
+            for o in out.outputs:
+                k = i * n + o.index
+                completion_tokens += len(o.token_ids)
+                lp = completion_logprobs(tok, o.logprobs, offsets[k]) if req.logprobs is not None and o.logprobs else None
+                offsets[k] += len(o.text)
+                if o.text or lp:
+                    yield chunk(k, o.text, logprobs=lp)
+                if o.finish_reason:
+                    yield chunk(k, "", _finish_reason(o.finish_reason), stop_reason=o.stop_reason)
+        if include_usage:
+            prompt_tokens = sum(len(ids) for _, ids in metas)
+            yield sse({"id": base_id, "object": "text_completion", "created": created, "model": served.name,
+                       "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
+        yield sse("[DONE]")
+
+    # -- embeddings ------------------------------------------------------------------------
+    async def embeddings(self, req: EmbeddingRequest, request: Request):
+        served = self.registry.for_embeddings(req.model)
+        tok = served.loaded.tokenizer
+        inputs = req.input
+        if isinstance(inputs, str):
+            ids = [tok.encode(inputs)]
+        elif inputs and all(isinstance(x, int) for x in inputs):
+            ids = [list(inputs)]
+        elif inputs and all(isinstance(x, str) for x in inputs):
+            ids = tok.encode_batch(list(inputs))
+        elif inputs and all(isinstance(x, list) and x for x in inputs):
+            ids = [list(x) for x in inputs]
+        else:
+            raise bad_request("input must be a non-empty string, list of strings, token ids or list of those", "input")
+        limit, vocab = served.max_model_len, served.loaded.config.vocab_size
+        for i, seq in enumerate(ids):
+            if len(seq) > limit:
+                raise APIError(400, f"input {i} has {len(seq)} tokens; this model's maximum is {limit}",
+                               code="context_length_exceeded", param="input")
+            if any(not 0 <= t < vocab for t in seq):
+                raise bad_request(f"input {i}: token ids must be in [0, {vocab})", "input")
+        dim = served.loaded.config.hidden_size
+        if req.dimensions is not None and req.dimensions != dim:
+            raise bad_request(f"The model `{served.name}` does not support `dimensions` other than its own "
+                              f"({dim}): it was not trained for truncated (Matryoshka) embeddings.", "dimensions")
+        vectors = await until_disconnect(request, served.embedder.embed(ids))
+        data = [{"object": "embedding", "index": i,
+                 "embedding": base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
+                 if req.encoding_format == "base64" else v} for i, v in enumerate(vectors)]
+        tokens = sum(map(len, ids))
+        return {"object": "list", "data": data, "model": served.name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
