@@ -1,4 +1,4 @@
-"""Fixtures: the real SmolLM2 / MiniLM weights and small random models built from real configs."""
+"""Model-test fixtures: transformers' view of the same weights, and a real tokenizer for random models."""
 from __future__ import annotations
 
 import os
@@ -6,35 +6,7 @@ import os
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-from models import default_model_sources, load_model  # noqa: E402
-
-SMOLLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
-MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def _require(name: str) -> str:
-    sources = default_model_sources()
-    if name not in sources:
-        pytest.fail(f"{name} is not installed: `make test` installs it (see Makefile MODEL_PACKAGES)")
-    return sources[name]
-
-
-@pytest.fixture(scope="session")
-def smollm_path():
-    return _require(SMOLLM)
-
-
-@pytest.fixture(scope="session")
-def minilm_path():
-    return _require(MINILM)
-
-
-@pytest.fixture(scope="session")
-def smollm(smollm_path):
-    return load_model(SMOLLM)
+from ..conftest import MINILM, SMOLLM  # noqa: F401  (re-exported for the tests)
 
 
 @pytest.fixture(scope="session")
