@@ -21,8 +21,13 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+HOST ?= 127.0.0.1
+PORT ?= 8000
 serve: $(STAMP)
-	$(VENV)/bin/kernelserve serve
+	@echo "kernelserve on http://$(HOST):$(PORT)/v1 -- try, once it logs 'ready':"
+	@echo "  curl http://$(HOST):$(PORT)/v1/chat/completions -H 'Content-Type: application/json' \\"
+	@echo "    -d '{\"model\": \"HuggingFaceTB/SmolLM2-135M-Instruct\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'"
+	$(VENV)/bin/kernelserve serve --host $(HOST) --port $(PORT)
 
 # Kernel parity under Triton's interpreter runs in its own process: the
 # interpreter is chosen when a kernel is defined, and the AOT compile tests in

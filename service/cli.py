@@ -132,6 +132,9 @@ def serve(args) -> int:
             log.info("signal %s: draining for up to %.0fs", sig, args.shutdown_timeout)
             state.draining = True
             super().handle_exit(sig, frame)
+            # uvicorn re-raises captured signals after shutdown (the exit status would be -SIGTERM);
+            # a drained shutdown is a clean one, so exit 0
+            self._captured_signals.clear()
 
     server = Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                    timeout_graceful_shutdown=args.shutdown_timeout, access_log=False))
