@@ -30,25 +30,31 @@ __all__ = [
 
 
 def attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int, *,
-              causal: bool, scale: float | None = None) -> torch.Tensor:
+              causal: bool, scale: float | None = None, position_bias=None) -> torch.Tensor:
     """Fused SDPA over a packed variable-length batch.
 
     q ``[total_q, Hq, D]``, k/v ``[total_k, Hkv, D]`` with ``Hq % Hkv == 0``;
     ``cu_seqlens_*`` int32 ``[B+1]``. Causal masks are bottom-right aligned.
     Returns ``[total_q, Hq, D]`` in q's dtype. ``scale`` defaults to ``D**-0.5``.
+    ``position_bias`` (float32 ``[Hq, 2R+1]``, optional) adds
+    ``position_bias[h, clamp(key_pos - query_pos, -R, R) + R]`` to each score
+    (T5's relative attention bias).
     """
     fn = attention_triton if use_triton(q) else attention_ref
-    return fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal, scale=scale)
+    return fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal, scale=scale,
+              position_bias=position_bias)
 
 
-def paged_attention(q, k_cache, v_cache, block_tables, seq_lens, *, scale: float | None = None) -> torch.Tensor:
+def paged_attention(q, k_cache, v_cache, block_tables, seq_lens, *, scale: float | None = None,
+                    position_bias=None) -> torch.Tensor:
     """Decode attention, one query per sequence, over the paged KV cache.
 
     q ``[B, Hq, D]``; caches ``[num_blocks, block_size, Hkv, D]``; block_tables
     int32 ``[B, max_blocks]``; seq_lens int32 ``[B]``. Returns ``[B, Hq, D]``.
+    ``position_bias`` as in :func:`attention` (the query sits at ``seq_len - 1``).
     """
     fn = paged_attention_triton if use_triton(q) else paged_attention_ref
-    return fn(q, k_cache, v_cache, block_tables, seq_lens, scale=scale)
+    return fn(q, k_cache, v_cache, block_tables, seq_lens, scale=scale, position_bias=position_bias)
 
 
 def store_kv(k, v, k_cache, v_cache, slot_mapping) -> None:

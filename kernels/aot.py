@@ -90,15 +90,19 @@ def compile_variant(v: Variant, arch: int) -> Compiled:
 
 def _attention_variants() -> Iterator[Variant]:
     fn = flash_attention._attention_kernel
-    for (block_d, torch_dtype), cfg in flash_attention.all_attention_configs().items():
+    for (block_d, torch_dtype, bias), cfg in flash_attention.all_attention_configs().items():
         dt = next(k for k, v in DTYPE_OF.items() if v == str(torch_dtype).split(".")[-1])
         for head_dim in sorted({block_d, 80 if block_d == 128 else block_d}):
             for causal in (True, False):
+                if bias and not causal:
+                    continue  # bias variants: the causal kernel (the bidirectional one differs only in masks)
                 args = {n: "i32" for n in fn.arg_names if n.startswith("stride")}
                 args.update(Q=f"*{dt}", K=f"*{dt}", V=f"*{dt}", O=f"*{dt}", cu_seqlens_q="*i32",
-                            cu_seqlens_k="*i32", qk_scale="fp32", GROUP=4, HEAD_DIM=head_dim, BLOCK_D=block_d,
-                            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CAUSAL=causal)
-                yield Variant(f"attention d={head_dim} {dt} causal={causal}", fn, args, cfg.num_warps, cfg.num_stages)
+                            cu_seqlens_k="*i32", Bias="*fp32", qk_scale="fp32", bias_radius="i32", GROUP=4,
+                            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                            CAUSAL=causal, HAS_BIAS=bias)
+                yield Variant(f"attention d={head_dim} {dt} causal={causal} bias={bias}", fn, args,
+                              cfg.num_warps, cfg.num_stages)
 
 
 def _paged_variants() -> Iterator[Variant]:
@@ -111,6 +115,7 @@ def _paged_variants() -> Iterator[Variant]:
                     args = {n: "i32" for n in fn.arg_names if n.startswith("stride")}
                     args.update(Q=f"*{dt}", K_cache=f"*{dt}", V_cache=f"*{dt}", block_tables="*i32",
                                 seq_lens="*i32", O=f"*{dt}", O_part="*fp32", M_part="*fp32", L_part="*fp32",
+                                Bias="*fp32", bias_radius="i32", HAS_BIAS=group == 4,
                                 qk_scale="fp32", GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
                                 HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_SIZE=block_size,
                                 BLOCK_N=paged.paged_block_n(head_dim, getattr(torch, DTYPE_OF[dt])),

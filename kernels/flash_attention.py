@@ -29,9 +29,9 @@ MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 @triton.jit
 def _attention_tile(
     acc, m_i, l_i, q, K, V, k_start, kv_head, len_k, offs_m, offs_d, start, end,
-    stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, diag_shift,
+    stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, diag_shift, bias_row, bias_radius,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-   
+    HAS_BIAS: tl.constexpr,
 ):
     """Fold key blocks [start, end) into the running (acc, m_i, l_i).
 
@@ -51,6 +51,11 @@ def _attention_tile(
             k = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
             v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
         s = tl.dot(q, k) * qk_scale
+        if HAS_BIAS:
+            # relative position bias, constant beyond +-bias_radius (T5's buckets saturate)
+            rel = cols[None, :] - (offs_m[:, None] + diag_shift)
+            rel = tl.minimum(tl.maximum(rel, -bias_radius), bias_radius) + bias_radius
+            s += tl.load(bias_row + rel) * 1.4426950408889634
         if MASKED:
             visible = (cols < len_k)[None, :]
             if CAUSAL:
@@ -70,11 +75,11 @@ def _attention_tile(
 
 @triton.jit
 def _attention_kernel(
-    Q, K, V, O, cu_seqlens_q, cu_seqlens_k,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-    qk_scale,
+    Q, K, V, O, cu_seqlens_q, cu_seqlens_k, Bias,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_bias,
+    qk_scale, bias_radius,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
     # grid: (query tiles of the longest sequence, query heads, sequences)
     pid_m = tl.program_id(0)
@@ -109,15 +114,16 @@ def _attention_kernel(
     else:
         full_end = len_k // BLOCK_N * BLOCK_N
         end = len_k
+    bias_row = Bias + head * stride_bias
     acc, m_i, l_i = _attention_tile(
         acc, m_i, l_i, q, K, V, k_start, kv_head, len_k, offs_m, offs_d, 0, full_end,
-        stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, diag_shift,
-        HEAD_DIM, BLOCK_N, False, CAUSAL,
+        stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, diag_shift, bias_row, bias_radius,
+        HEAD_DIM, BLOCK_N, False, CAUSAL, HAS_BIAS,
     )
     acc, m_i, l_i = _attention_tile(
         acc, m_i, l_i, q, K, V, k_start, kv_head, len_k, offs_m, offs_d, full_end, end,
-        stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, diag_shift,
-        HEAD_DIM, BLOCK_N, True, CAUSAL,
+        stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, diag_shift, bias_row, bias_radius,
+        HEAD_DIM, BLOCK_N, True, CAUSAL, HAS_BIAS,
     )
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # rows that saw no key output 0
     out = acc / l_safe[:, None]
@@ -133,7 +139,7 @@ class AttentionConfig:
     num_stages: int
 
 
-def attention_config(head_dim: int, dtype: torch.dtype) -> AttentionConfig:
+def attention_config(head_dim: int, dtype: torch.dtype, has_bias: bool = False) -> AttentionConfig:
     """Tile sizes for one head size and dtype (Q tile, K/V tile, warps, pipeline stages).
 
     Chosen so Q plus ``num_stages`` K/V tiles fit the shared memory of an A100
@@ -143,6 +149,8 @@ def attention_config(head_dim: int, dtype: torch.dtype) -> AttentionConfig:
     """
     block_d = triton.next_power_of_2(head_dim)
     wide = dtype == torch.float32
+    if has_bias and not wide and block_d == 128:
+        return AttentionConfig(64, 64, 8, 3)  # the bias gather needs registers: a shorter Q tile
     if block_d <= 64:
         return AttentionConfig(64, 32, 4, 2) if wide else AttentionConfig(128, 64, 8, 3)
     if block_d <= 128:
@@ -151,12 +159,31 @@ def attention_config(head_dim: int, dtype: torch.dtype) -> AttentionConfig:
 
 
 def all_attention_configs() -> dict[tuple[int, torch.dtype], AttentionConfig]:
-    """Every (padded head dim, dtype) -> config the launcher can pick."""
+    """Every (padded head dim, dtype, has bias) -> config the launcher can pick."""
     return {
-        (d, dt): attention_config(d, dt)
+        (d, dt, bias): attention_config(d, dt, bias)
         for d in (16, 32, 64, 128, 256)
         for dt in FLOAT_DTYPES
+        for bias in (False, True)
     }
+
+
+def check_position_bias(position_bias, q) -> int:
+    """Validate a relative-position bias table [Hq, 2R+1]; returns R (0 without a table)."""
+    if position_bias is None:
+        return 0
+    check_tensor("position_bias", position_bias, ndim=2, dtypes=(torch.float32,), device=q.device)
+    width = position_bias.shape[1]
+    expect(position_bias.shape[0] == q.shape[1] and width % 2 == 1,
+           f"position_bias: expected [{q.shape[1]}, 2R+1] (one row per query head, odd width), got {list(position_bias.shape)}")
+    return (width - 1) // 2
+
+
+def relative_bias_ref(position_bias, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """bias[h, clamp(col - row, -R, R) + R] for every (row, col) pair: [..., H, rows, cols]."""
+    radius = (position_bias.shape[1] - 1) // 2
+    rel = (cols[..., None, :] - rows[..., :, None]).clamp(-radius, radius) + radius
+    return position_bias[:, rel].movedim(0, -3)
 
 
 def _check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
@@ -176,23 +203,26 @@ def _check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max
     return cu_q, cu_k
 
 
-def attention_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal, scale=None):
+def attention_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal, scale=None,
+                     position_bias=None):
     """Launch the Triton kernel. Arguments as :func:`kernels.attention`."""
     cu_q, _ = _check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    radius = check_position_bias(position_bias, q)
     head_dim = q.shape[2]
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
     out = torch.empty_like(q)
     batch = len(cu_q) - 1
     if q.shape[0] == 0 or batch == 0:
         return out
-    cfg = attention_config(head_dim, q.dtype)
+    cfg = attention_config(head_dim, q.dtype, position_bias is not None)
     grid = (triton.cdiv(max(max_seqlen_q, 1), cfg.block_m), q.shape[1], batch)
+    bias = position_bias if position_bias is not None else q
     _attention_kernel[grid](
-        q, k, v, out, cu_seqlens_q, cu_seqlens_k,
+        q, k, v, out, cu_seqlens_q, cu_seqlens_k, bias,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
-        scale * LOG2E,
+        bias.stride(0), scale * LOG2E, radius,
         GROUP=q.shape[1] // k.shape[1], HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CAUSAL=causal,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CAUSAL=causal, HAS_BIAS=position_bias is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
@@ -207,12 +237,14 @@ def _pad_index(cu: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tens
     return index, valid
 
 
-def attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal, scale=None):
+def attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal, scale=None,
+                  position_bias=None):
     """Torch path (the CPU serving path): pad the batch, one masked SDPA call.
 
     Vectorised over sequences and heads; GQA through SDPA's ``enable_gqa``.
     """
     _check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    check_position_bias(position_bias, q)
     out = torch.zeros_like(q)
     if q.shape[0] == 0 or cu_seqlens_q.numel() < 2:
         return out
@@ -222,16 +254,17 @@ def attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
     kp = k[idx_k].transpose(1, 2)  # [B, Hkv, Lk, D]
     vp = v[idx_k].transpose(1, 2)
     visible = valid_k[:, None, None, :]  # [B, 1, 1, Lk]
+    # query i sits at position i + (Lk - Lq) of its sequence (bottom-right alignment)
+    rows = torch.arange(max_seqlen_q, device=q.device)[None, :] + (valid_k.sum(1) - valid_q.sum(1))[:, None]
+    cols = torch.arange(max_seqlen_k, device=q.device)
     if causal:
-        len_q = valid_q.sum(1)
-        len_k = valid_k.sum(1)
-        rows = torch.arange(max_seqlen_q, device=q.device)
-        cols = torch.arange(max_seqlen_k, device=q.device)
-        shift = (len_k - len_q)[:, None, None]  # bottom-right alignment
-        visible = visible & (cols[None, None, :] <= rows[None, :, None] + shift)[:, None]
+        visible = visible & (cols[None, None, :] <= rows[:, :, None])[:, None]
     any_visible = visible.any(-1, keepdim=True)  # [B, 1, Lq, 1]
     # Rows that see no key would be NaN in SDPA: let them see everything, then zero them.
     mask = visible | ~any_visible
+    if position_bias is not None:
+        bias = relative_bias_ref(position_bias, rows, cols[None].expand(rows.shape[0], -1))  # [B, H, Lq, Lk]
+        mask = torch.where(mask, bias.to(q.dtype), float("-inf"))
     o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=scale,
                                        enable_gqa=q.shape[1] != k.shape[1])
     o = torch.where(any_visible, o, 0.0).transpose(1, 2)  # [B, Lq, Hq, D]

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .flash_attention import check_position_bias, relative_bias_ref
 from ._validate import FLOAT_DTYPES, check_same_dtype, check_shape, check_tensor, expect
 
 LOG2E = 1.4426950408889634
@@ -49,12 +50,12 @@ BLOCK_SIZES = (16, 32)
 
 @triton.jit
 def _paged_attention_kernel(
-    Q, K_cache, V_cache, block_tables, seq_lens, O, O_part, M_part, L_part,
+    Q, K_cache, V_cache, block_tables, seq_lens, O, O_part, M_part, L_part, Bias,
     stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-    stride_bt, stride_ob, stride_oh, qk_scale,
+    stride_bt, stride_ob, stride_oh, stride_bias, qk_scale, bias_radius,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, PARTITION: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
     # grid: (sequences, KV heads, partitions)
     seq = tl.program_id(0)
@@ -85,6 +86,9 @@ def _paged_attention_kernel(
         k = tl.load(K_cache + slots_k[None, :] + offs_d[:, None], mask=d_ok[:, None] & t_ok[None, :], other=0.0)
         v = tl.load(V_cache + slots_v[:, None] + offs_d[None, :], mask=t_ok[:, None] & d_ok[None, :], other=0.0)
         s = tl.dot(q, k) * qk_scale
+        if HAS_BIAS:  # relative position bias; the query sits at position seq_len - 1
+            rel = tl.minimum(tl.maximum(toks - (seq_len - 1), -bias_radius), bias_radius) + bias_radius
+            s += tl.load(Bias + heads[:, None] * stride_bias + rel[None, :], mask=g_ok[:, None], other=0.0) * 1.4426950408889634
         s = tl.where(t_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -192,9 +196,10 @@ def _check_paged_args(q, k_cache, v_cache, block_tables, seq_lens):
                f"block_tables: entries must index k_cache's {k_cache.shape[0]} blocks")
 
 
-def paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, *, scale=None):
+def paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, *, scale=None, position_bias=None):
     """Launch flash-decoding over the paged cache. Arguments as :func:`kernels.paged_attention`."""
     _check_paged_args(q, k_cache, v_cache, block_tables, seq_lens)
+    radius = check_position_bias(position_bias, q)
     batch, hq, d = q.shape
     hkv, block_size = k_cache.shape[2], k_cache.shape[1]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
@@ -211,13 +216,15 @@ def paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, *, scale
         l_part = torch.empty_like(m_part)
     block_d = triton.next_power_of_2(d)
     group_pad = max(16, triton.next_power_of_2(group))
+    bias = position_bias if position_bias is not None else q
     _paged_attention_kernel[(batch, hkv, num_splits)](
-        q, k_cache, v_cache, block_tables, seq_lens, out, o_part, m_part, l_part,
+        q, k_cache, v_cache, block_tables, seq_lens, out, o_part, m_part, l_part, bias,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        block_tables.stride(0), out.stride(0), out.stride(1), scale * LOG2E,
+        block_tables.stride(0), out.stride(0), out.stride(1), bias.stride(0), scale * LOG2E, radius,
         GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=d, BLOCK_D=block_d,
         BLOCK_SIZE=block_size, BLOCK_N=paged_block_n(d, q.dtype), PARTITION=PARTITION, NUM_SPLITS=num_splits,
+        HAS_BIAS=position_bias is not None,
         num_warps=paged_num_warps(group_pad, block_d), num_stages=2,
     )
     if num_splits > 1:
@@ -229,9 +236,10 @@ def paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, *, scale
     return out
 
 
-def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, *, scale=None):
+def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, *, scale=None, position_bias=None):
     """Torch path: gather each sequence's blocks, one masked SDPA over the batch."""
     _check_paged_args(q, k_cache, v_cache, block_tables, seq_lens)
+    check_position_bias(position_bias, q)
     batch, hq, d = q.shape
     if batch == 0:
         return torch.empty_like(q)
@@ -243,6 +251,10 @@ def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, *, scale=No
     visible = positions[None, :] < seq_lens[:, None]  # [B, ctx]
     has_keys = visible.any(-1)
     mask = (visible | ~has_keys[:, None])[:, None, None, :]
+    if position_bias is not None:
+        rows = (seq_lens.long() - 1)[:, None]  # the query's position
+        bias = relative_bias_ref(position_bias, rows, positions[None].expand(batch, -1))  # [B, H, 1, ctx]
+        mask = torch.where(mask, bias.to(q.dtype), float("-inf"))
     o = F.scaled_dot_product_attention(q[:, :, None, :], k, v, attn_mask=mask, scale=scale,
                                        enable_gqa=hq != hkv)[:, :, 0]
     return torch.where(has_keys[:, None, None], o, 0.0)

@@ -171,3 +171,73 @@ def config_from_hf(cfg: dict, source: str = "config.json"):
         return CONFIG_READERS[model_type](cfg)
     except KeyError as missing:
         raise ModelError(f"{source}: missing field {missing} for model_type {model_type!r}") from None
+
+
+@dataclass(frozen=True)
+class EncoderDecoderConfig:
+    """T5 and BART."""
+    arch: str
+    vocab_size: int
+    hidden_size: int
+    num_encoder_layers: int
+    num_layers: int  # decoder layers (the paged KV cache is per decoder layer)
+    num_heads: int
+    head_dim: int
+    intermediate_size: int
+    norm_eps: float
+    activation: str
+    gated_ffn: bool = False  # T5 v1.1 "gated-gelu"
+    max_position: int = 512
+    tie_word_embeddings: bool = True
+    relative_buckets: int = 32  # T5
+    relative_max_distance: int = 128  # T5
+    scale_decoder_outputs: bool = False  # T5 (original): hidden * d_model^-1/2 before the head
+    scale_embedding: bool = False  # BART
+    decoder_start_token_id: int = 0
+    eos_token_id: int = 1
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.num_heads
+
+    @property
+    def inner_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+
+def t5_config(cfg: dict) -> EncoderDecoderConfig:
+    proj = cfg.get("feed_forward_proj", "relu")
+    gated = proj.startswith("gated-")
+    act = proj.removeprefix("gated-")
+    return EncoderDecoderConfig(
+        arch="t5", vocab_size=cfg["vocab_size"], hidden_size=cfg["d_model"], num_encoder_layers=cfg["num_layers"],
+        num_layers=cfg.get("num_decoder_layers") or cfg["num_layers"], num_heads=cfg["num_heads"],
+        head_dim=cfg["d_kv"], intermediate_size=cfg["d_ff"], norm_eps=cfg.get("layer_norm_epsilon", 1e-6),
+        activation="gelu_tanh" if act == "gelu" else activation_from_hf(act), gated_ffn=gated,
+        max_position=cfg.get("n_positions", 512) or 512, tie_word_embeddings=cfg.get("tie_word_embeddings", True),
+        # transformers >= 5 writes scale_decoder_outputs; older configs said it through tie_word_embeddings
+        scale_decoder_outputs=cfg.get("scale_decoder_outputs", cfg.get("tie_word_embeddings", True)),
+        relative_buckets=cfg.get("relative_attention_num_buckets", 32),
+        relative_max_distance=cfg.get("relative_attention_max_distance", 128),
+        decoder_start_token_id=cfg.get("decoder_start_token_id", 0) or 0, eos_token_id=cfg.get("eos_token_id", 1),
+    )
+
+
+def bart_config(cfg: dict) -> EncoderDecoderConfig:
+    if cfg.get("normalize_before") or cfg.get("add_final_layer_norm"):
+        raise ModelError("config.json: pre-norm BART variants (mBART) are not supported")
+    heads = cfg["decoder_attention_heads"]
+    if cfg["encoder_attention_heads"] != heads or cfg["encoder_ffn_dim"] != cfg["decoder_ffn_dim"]:
+        raise ModelError("config.json: BART with different encoder and decoder widths is not supported")
+    return EncoderDecoderConfig(
+        arch="bart", vocab_size=cfg["vocab_size"], hidden_size=cfg["d_model"],
+        num_encoder_layers=cfg["encoder_layers"], num_layers=cfg["decoder_layers"], num_heads=heads,
+        head_dim=cfg["d_model"] // heads, intermediate_size=cfg["decoder_ffn_dim"], norm_eps=1e-5,
+        activation=activation_from_hf(cfg.get("activation_function", "gelu")),
+        max_position=cfg["max_position_embeddings"], tie_word_embeddings=cfg.get("tie_word_embeddings", True),
+        scale_embedding=bool(cfg.get("scale_embedding", False)),
+        decoder_start_token_id=cfg.get("decoder_start_token_id", 2), eos_token_id=cfg.get("eos_token_id", 2),
+    )
+
+
+CONFIG_READERS.update({"t5": t5_config, "bart": bart_config})

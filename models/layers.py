@@ -19,7 +19,7 @@ def gather_kv(cache: KVCache, slots: torch.Tensor) -> KVCache:
 
 
 def self_attention(q, k, v, meta: AttentionMetadata, cache: KVCache | None, *, causal: bool,
-                   scale: float | None) -> torch.Tensor:
+                   scale: float | None, position_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Attention for one layer of a packed step. q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq, D].
 
     With a cache, the step's K/V are stored first; prefill tokens then attend
@@ -32,14 +32,14 @@ def self_attention(q, k, v, meta: AttentionMetadata, cache: KVCache | None, *, c
     if meta.num_decode_tokens == 0:
         kp, vp = (k, v) if meta.prefill_kv_slots is None else gather_kv(cache, meta.prefill_kv_slots)
         return kernels.attention(q, kp, vp, meta.cu_seqlens_q, meta.cu_seqlens_k, meta.max_seqlen_q,
-                                 meta.max_seqlen_k, causal=causal, scale=scale)
+                                 meta.max_seqlen_k, causal=causal, scale=scale, position_bias=position_bias)
     out = torch.empty_like(q)
     if p:
         kp, vp = (k[:p], v[:p]) if meta.prefill_kv_slots is None else gather_kv(cache, meta.prefill_kv_slots)
         out[:p] = kernels.attention(q[:p], kp, vp, meta.cu_seqlens_q, meta.cu_seqlens_k, meta.max_seqlen_q,
-                                    meta.max_seqlen_k, causal=causal, scale=scale)
+                                    meta.max_seqlen_k, causal=causal, scale=scale, position_bias=position_bias)
     out[p:] = kernels.paged_attention(q[p:], cache[0], cache[1], meta.decode_block_tables,
-                                      meta.decode_seq_lens, scale=scale)
+                                      meta.decode_seq_lens, scale=scale, position_bias=position_bias)
     return out
 
 

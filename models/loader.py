@@ -12,18 +12,21 @@ from torch import nn
 from tqdm import tqdm
 
 from . import gguf_file
+from .bart import BartForConditionalGeneration
 from .bert import BertModel
-from .config import DecoderConfig, EncoderConfig, ModelError, config_from_hf
+from .config import DecoderConfig, EncoderConfig, EncoderDecoderConfig, ModelError, config_from_hf
 from .gpt2 import GPT2LMHeadModel
 from .llama import LlamaForCausalLM
 from .pooling import Pooling
+from .t5 import T5ForConditionalGeneration
 from .tokenizer import Tokenizer
 from .weights import iter_safetensors, iter_torch_bin, load_weights, safetensors_files
 
 log = logging.getLogger("kernelserve.models")
 
 ARCHITECTURES = {"llama": LlamaForCausalLM, "mistral": LlamaForCausalLM, "qwen2": LlamaForCausalLM,
-                 "gpt2": GPT2LMHeadModel, "bert": BertModel}
+                 "gpt2": GPT2LMHeadModel, "bert": BertModel, "t5": T5ForConditionalGeneration,
+                 "bart": BartForConditionalGeneration}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -32,7 +35,7 @@ class LoadedModel:
     name: str
     source: str
     model: nn.Module
-    config: DecoderConfig | EncoderConfig
+    config: DecoderConfig | EncoderConfig | EncoderDecoderConfig
     tokenizer: Tokenizer
     dtype: torch.dtype
     device: torch.device
@@ -42,8 +45,12 @@ class LoadedModel:
 
     @property
     def kind(self) -> str:
-        """'generate' for decoders (chat, completions), 'embed' for encoders (embeddings)."""
+        """'generate' for decoders and encoder-decoders (chat, completions), 'embed' for encoders."""
         return "embed" if isinstance(self.config, EncoderConfig) else "generate"
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return isinstance(self.config, EncoderDecoderConfig)
 
 
 def default_model_sources() -> dict[str, str]:

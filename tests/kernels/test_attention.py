@@ -13,8 +13,8 @@ from .conftest import DTYPES, assert_close, cu_seqlens, rand
 IMPLS = {"triton": attention_triton, "torch": attention_ref}
 
 
-def attention_f64(q, k, v, lens_q, lens_k, causal, scale):
-    """softmax(scale * q k^T + mask) v per sequence, in float64; keyless rows are 0."""
+def attention_f64(q, k, v, lens_q, lens_k, causal, scale, bias=None):
+    """softmax(scale * q k^T + bias + mask) v per sequence, in float64; keyless rows are 0."""
     q, k, v = q.double().cpu(), k.double().cpu(), v.double().cpu()
     group = q.shape[1] // k.shape[1]
     out = torch.zeros_like(q)
@@ -24,6 +24,12 @@ def attention_f64(q, k, v, lens_q, lens_k, causal, scale):
         kb = k[ks:ks + lk].repeat_interleave(group, dim=1)
         vb = v[ks:ks + lk].repeat_interleave(group, dim=1)
         s = torch.einsum("qhd,khd->hqk", qb, kb) * scale
+        if bias is not None:  # query i is at position i + lk - lq; bias by key - query distance
+            radius = (bias.shape[1] - 1) // 2
+            for i in range(lq):
+                for j in range(lk):
+                    rel = max(-radius, min(radius, j - (i + lk - lq)))
+                    s[:, i, j] += bias[:, rel + radius].double()
         if causal:  # query i sees key j iff j <= i + lk - lq (bottom-right)
             i = torch.arange(lq)[:, None]
             j = torch.arange(lk)[None, :]
@@ -74,6 +80,21 @@ def test_attention_head_dims(impl, device, head_dim):
     assert_close(out, attention_f64(q, k, v, lens, lens, True, 0.3), torch.float32)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("case", ["self", "prefix-hit"])
+def test_attention_relative_position_bias(impl, device, dtype, causal, case):
+    torch.manual_seed(7)
+    lens_q, lens_k = CASES[case]
+    q = rand(sum(lens_q), 4, 64, dtype=dtype, device=device)
+    k = rand(sum(lens_k), 4, 64, dtype=dtype, device=device)
+    v = rand(sum(lens_k), 4, 64, dtype=dtype, device=device)
+    bias = torch.randn(4, 2 * 8 + 1, device=device)  # radius 8: distances beyond saturate
+    out = IMPLS[impl](q, k, v, cu_seqlens(lens_q, device), cu_seqlens(lens_k, device), max(lens_q), max(lens_k),
+                      causal=causal, scale=1.0 / 8, position_bias=bias)
+    assert_close(out, attention_f64(q, k, v, lens_q, lens_k, causal, 1.0 / 8, bias.cpu()), dtype)
+
+
 def test_attention_rejects_bad_input(impl, device):
     q = torch.randn(10, 4, 64, device=device)
     k = torch.randn(10, 2, 64, device=device)
@@ -95,3 +116,5 @@ def test_attention_rejects_bad_input(impl, device):
         fn(q, k[..., :32], k[..., :32], cu, cu, 6, 6, causal=True)
     with pytest.raises(ValueError, match="expected 3 dimensions"):
         fn(q[0], k, k, cu, cu, 6, 6, causal=True)
+    with pytest.raises(ValueError, match="position_bias: expected"):
+        fn(q, k, k, cu, cu, 6, 6, causal=True, position_bias=torch.zeros(4, 8, device=device))

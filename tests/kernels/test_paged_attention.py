@@ -14,7 +14,7 @@ PAGED = {"triton": paged_attention_triton, "torch": paged_attention_ref}
 STORE = {"triton": store_kv_triton, "torch": store_kv_ref}
 
 
-def paged_f64(q, k_cache, v_cache, block_tables, seq_lens, scale):
+def paged_f64(q, k_cache, v_cache, block_tables, seq_lens, scale, bias=None):
     """Gather each sequence's tokens one by one, then softmax(q k^T) v in float64."""
     q, k_cache, v_cache = q.double().cpu(), k_cache.double().cpu(), v_cache.double().cpu()
     block_size = k_cache.shape[1]
@@ -26,7 +26,12 @@ def paged_f64(q, k_cache, v_cache, block_tables, seq_lens, scale):
         slots = [(int(block_tables[b, t // block_size]), t % block_size) for t in range(n)]
         k = torch.stack([k_cache[blk, off] for blk, off in slots]).repeat_interleave(group, 1)  # [n, Hq, D]
         v = torch.stack([v_cache[blk, off] for blk, off in slots]).repeat_interleave(group, 1)
-        p = torch.softmax(torch.einsum("hd,thd->ht", q[b], k) * scale, -1)
+        s = torch.einsum("hd,thd->ht", q[b], k) * scale
+        if bias is not None:
+            radius = (bias.shape[1] - 1) // 2
+            rel = (torch.arange(n) - (n - 1)).clamp(-radius, radius) + radius
+            s = s + bias.double().cpu()[:, rel]
+        p = torch.softmax(s, -1)
         out[b] = torch.einsum("ht,thd->hd", p, v)
     return out
 
@@ -60,6 +65,21 @@ def test_paged_attention_matches_float64(impl, device, dtype, head_dim, heads, b
     q = rand(len(seq_lens), hq, head_dim, dtype=dtype, device=device, generator=g)
     out = PAGED[impl](q, k_cache, v_cache, tables, lens)
     assert_close(out, paged_f64(q, k_cache, v_cache, tables, lens, 1 / math.sqrt(head_dim)), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seq_lens", [[1, 17, 0, 129], [PARTITION + 37, 3]], ids=["short", "split-kv"])
+def test_paged_attention_relative_position_bias(impl, device, dtype, seq_lens):
+    g = torch.Generator().manual_seed(11)
+    num_blocks = sum(math.ceil(n / 16) for n in seq_lens) + 2
+    k_cache = rand(num_blocks, 16, 2, 64, dtype=dtype, device=device, generator=g)
+    v_cache = rand(num_blocks, 16, 2, 64, dtype=dtype, device=device, generator=g)
+    tables = random_tables(seq_lens, 16, num_blocks, g).to(device)
+    lens = torch.tensor(seq_lens, dtype=torch.int32, device=device)
+    q = rand(len(seq_lens), 4, 64, dtype=dtype, device=device, generator=g)
+    bias = torch.randn(4, 2 * 20 + 1, generator=g).to(device)
+    out = PAGED[impl](q, k_cache, v_cache, tables, lens, scale=1.0, position_bias=bias)
+    assert_close(out, paged_f64(q, k_cache, v_cache, tables, lens, 1.0, bias), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

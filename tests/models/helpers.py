@@ -88,3 +88,41 @@ def first_divergence_ok(ours: list[int], theirs: list[int], our_logits, their_lo
         if a != b:
             return b in our_logits[i].topk(5).indices.tolist() and a in their_logits[i].topk(5).indices.tolist()
     return len(ours) == len(theirs)
+
+
+@torch.no_grad()
+def encode_packed(model, prompts: list[list[int]]):
+    """Run the encoder over a packed batch; returns each sequence's per-layer cross K/V and the outputs."""
+    from models.metadata import AttentionMetadata as Meta
+
+    lengths = [len(p) for p in prompts]
+    encoded = model.encode(torch.tensor([t for p in prompts for t in p]), Meta.for_sequences(lengths))
+    starts = torch.tensor([0, *lengths]).cumsum(0).tolist()
+    outputs = [encoded[starts[i]:starts[i + 1]] for i in range(len(prompts))]
+    return [model.cross_kv(o) for o in outputs], outputs
+
+
+@torch.no_grad()
+def encdec_greedy(model, prompts: list[list[int]], max_new_tokens: int, eos_id: int):
+    """Greedy decoding for an encoder-decoder: encoder once, decoder through the paged cache."""
+    from models.encoder_decoder import CrossAttention
+
+    cfg = model.cfg
+    cross_kv, _ = encode_packed(model, prompts)
+    cache = PagedCache(cfg, len(prompts), max_new_tokens + 1, dtype=next(model.parameters()).dtype)
+    outputs = [[cfg.decoder_start_token_id] for _ in prompts]
+    live = list(range(len(prompts)))
+    for step in range(max_new_tokens):
+        if not live:
+            break
+        if step == 0:  # the start token goes through the prefill path
+            meta = step_metadata(cache, [(i, 0, 1) for i in live], [])
+        else:
+            meta = step_metadata(cache, [], [(i, len(outputs[i]) - 1) for i in live])
+        cross = CrossAttention.pack([cross_kv[i] for i in live], [1] * len(live))
+        positions = torch.tensor([len(outputs[i]) - 1 for i in live])
+        hidden = model(torch.tensor([outputs[i][-1] for i in live]), positions, meta, cache.layers, cross)
+        for i, t in zip(live, model.logits(hidden).argmax(-1).tolist()):
+            outputs[i].append(t)
+        live = [i for i in live if outputs[i][-1] != eos_id]
+    return [o[1:] for o in outputs]
