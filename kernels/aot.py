@@ -68,7 +68,9 @@ def _source(v: Variant) -> ASTSource:
 
 def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
     """(registers, spill bytes) as ``ptxas -v`` reports them for the kernel."""
-    ptxas = os.path.join(os.path.dirname(triton.backends.nvidia.__file__), "bin", "ptxas")
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    ptxas = get_ptxas(arch).path  # the assembler Triton itself uses for this arch
     gpu = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.ptx")
