@@ -58,8 +58,20 @@ def message_dicts(messages: list[ChatMessage]) -> list[dict]:
     return out
 
 
-def chat_prompt(tokenizer: Tokenizer, req: ChatCompletionRequest) -> tuple[str, list[int]]:
+def chat_prompt(tokenizer: Tokenizer, req: ChatCompletionRequest, encoder_decoder: bool = False) -> tuple[str, list[int]]:
+    """The prompt text and ids of a chat request.
+
+    Encoder-decoders (T5, BART) whose tokenizer has no chat template take the
+    last user message as their encoder input, encoded with the tokenizer's own
+    special tokens (T5 appends ``</s>``).
+    """
     messages = message_dicts(req.messages)
+    if encoder_decoder and not tokenizer.chat_template:
+        users = [m for m in messages if m["role"] == "user"]
+        if not users:
+            raise bad_request("an encoder-decoder model needs a user message as its input", "messages")
+        text = users[-1].get("content") or ""
+        return text, tokenizer.encode(text)
     try:
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=req.add_generation_prompt,
                                              **(req.chat_template_kwargs or {}))

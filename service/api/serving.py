@@ -156,9 +156,9 @@ class OpenAIServing:
         reject_unsupported_chat(req)
         reject_unsupported_common(req)
         tok = served.loaded.tokenizer
-        text, prompt_ids = chat_prompt(tok, req)
+        text, prompt_ids = chat_prompt(tok, req, served.loaded.is_encoder_decoder)
         requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        room = max(1, served.max_model_len - len(prompt_ids))
+        room = max(1, served.max_model_len - (1 if served.loaded.is_encoder_decoder else len(prompt_ids)))
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         params = to_sampling_params(req, max_tokens=requested, default_max=room, logprobs=logprobs,
                                     vocab=served.loaded.config.vocab_size)
@@ -237,7 +237,7 @@ class OpenAIServing:
         streams, metas = [], []
         try:
             for i, (text, ids) in enumerate(prompts):
-                room = max(1, served.max_model_len - len(ids))
+                room = max(1, served.max_model_len - (1 if served.loaded.is_encoder_decoder else len(ids)))
                 params = to_sampling_params(req, max_tokens=req.max_tokens if req.max_tokens is not None else 16,
                                             default_max=room, logprobs=req.logprobs,
                                             vocab=served.loaded.config.vocab_size)

@@ -62,7 +62,10 @@ class LLMEngine:
         self.loaded = loaded
         self.config = config
         num_blocks = kv_cache_blocks(loaded, config)
-        self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        # a decoder's cached prefix only means the same thing under the same encoder input: no prefix
+        # caching for encoder-decoders (their decoder prompts all start with the same start token)
+        caching = config.enable_prefix_caching and not loaded.is_encoder_decoder
+        self.block_manager = BlockManager(num_blocks, config.block_size, caching)
         self.scheduler = Scheduler(config, self.block_manager)
         self.runner = ModelRunner(loaded, config, num_blocks)
         limit = min(loaded.max_model_len, num_blocks * config.block_size)
@@ -81,21 +84,37 @@ class LLMEngine:
         vocab = self.loaded.config.vocab_size
         if any(not 0 <= t < vocab for t in prompt_token_ids):
             raise RequestError(f"prompt token ids must be in [0, {vocab})", param="prompt")
-        if len(prompt_token_ids) + params.max_tokens > self.max_model_len:
+        if self.loaded.is_encoder_decoder:
+            self._check_encoder_input(prompt_token_ids, params)
+        elif len(prompt_token_ids) + params.max_tokens > self.max_model_len:
             raise RequestError(
                 f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
                 f"{len(prompt_token_ids) + params.max_tokens} tokens ({len(prompt_token_ids)} in the messages, "
                 f"{params.max_tokens} in the completion). Please reduce the length of the messages or completion.",
                 code="context_length_exceeded", param="messages")
         now = time.monotonic()
-        seqs = [Sequence(request_id, i, list(prompt_token_ids), params, now) for i in range(params.n)]
-        texts = {s.seq_id: TextState.create(self.loaded.tokenizer, prompt_token_ids, params) for s in seqs}
+        if self.loaded.is_encoder_decoder:  # the prompt feeds the encoder; the decoder starts from its start token
+            start = [self.loaded.config.decoder_start_token_id]
+            seqs = [Sequence(request_id, i, list(start), params, now, encoder_token_ids=list(prompt_token_ids))
+                    for i in range(params.n)]
+        else:
+            seqs = [Sequence(request_id, i, list(prompt_token_ids), params, now) for i in range(params.n)]
+        texts = {s.seq_id: TextState.create(self.loaded.tokenizer, s.prompt_token_ids, params) for s in seqs}
         for s in seqs:
             if params.seed is not None:
                 self.generators[s.seq_id] = torch.Generator(device=self.loaded.device).manual_seed(params.seed + s.index)
             self.scheduler.add(s)
         self.requests[request_id] = Request(request_id, list(prompt_token_ids), params, seqs, texts, RequestTimes(now))
         self.counters.prompt_tokens += len(prompt_token_ids)
+
+    def _check_encoder_input(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        limit = self.loaded.max_model_len
+        if len(prompt_token_ids) > limit:
+            raise RequestError(f"This model's maximum input length is {limit} tokens; the input has "
+                               f"{len(prompt_token_ids)}.", code="context_length_exceeded", param="messages")
+        if params.max_tokens + 1 > self.max_model_len:
+            raise RequestError(f"max_tokens must be below {self.max_model_len} for this model",
+                               code="context_length_exceeded", param="max_tokens")
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Stop a request now and return its blocks; its final output has finish_reason 'abort'."""
@@ -160,6 +179,7 @@ class LLMEngine:
 
     def _finish(self, req: Request, seq: Sequence, reason: FinishReason, stop=None) -> None:
         self.scheduler.finish(seq, reason)
+        self.runner.release(seq)
         self.generators.pop(seq.seq_id, None)
         text = req.texts[seq.seq_id]
         if reason is not FinishReason.STOP or text.stop_reason is None:

@@ -6,6 +6,7 @@ import logging
 import torch
 
 from models import AttentionMetadata, LoadedModel
+from models.encoder_decoder import CrossAttention
 from models.metadata import cu_seqlens
 
 from .config import GiB, EngineConfig
@@ -42,6 +43,33 @@ class ModelRunner:
                            torch.zeros(shape, dtype=loaded.dtype, device=self.device)) for _ in range(cfg.num_layers)]
         log.info("%s: KV cache of %d blocks x %d tokens (%.0f MiB)", loaded.name, num_blocks, config.block_size,
                  2 * sum(k.numel() * k.element_size() for k, _ in self.kv_caches) / 2**20)
+        # encoder-decoders: each sequence's cross-attention K/V, computed once at admission
+        self.cross_kv: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def release(self, seq: Sequence) -> None:
+        """Drop what the runner keeps for a finished sequence (its cross-attention K/V)."""
+        self.cross_kv.pop(seq.seq_id, None)
+
+    def _encode_new(self, seqs: list[Sequence]) -> None:
+        """Run the encoder once, packed, for the sequences that have no cross K/V yet."""
+        new = [s for s in seqs if s.seq_id not in self.cross_kv]
+        if not new:
+            return
+        lengths = [len(s.encoder_token_ids) for s in new]
+        ids = torch.tensor([t for s in new for t in s.encoder_token_ids], device=self.device)
+        encoded = self.model.encode(ids, AttentionMetadata.for_sequences(lengths, self.device))
+        start = 0
+        for s, n in zip(new, lengths):
+            self.cross_kv[s.seq_id] = self.model.cross_kv(encoded[start:start + n])
+            start += n
+
+    def _cross(self, out: SchedulerOutput) -> CrossAttention | None:
+        if not self.loaded.is_encoder_decoder:
+            return None
+        seqs = [c.seq for c in out.prefills] + out.decodes
+        self._encode_new(seqs)
+        q_lens = [c.end - c.start for c in out.prefills] + [1] * len(out.decodes)
+        return CrossAttention.pack([self.cross_kv[s.seq_id] for s in seqs], q_lens)
 
     def _slots(self, seq: Sequence, start: int, end: int) -> list[int]:
         bs, table = self.block_size, seq.block_table
@@ -83,8 +111,9 @@ class ModelRunner:
     def run(self, out: SchedulerOutput) -> tuple[torch.Tensor, list[Sequence]]:
         """One forward pass; returns float32 logits [N, V] for the N sequences that sample, and those sequences."""
         tokens, positions, meta = self._metadata(out)
+        extra = () if not self.loaded.is_encoder_decoder else (self._cross(out),)
         hidden = self.model(torch.tensor(tokens, device=self.device), torch.tensor(positions, device=self.device),
-                            meta, self.kv_caches)
+                            meta, self.kv_caches, *extra)
         rows, seqs, offset = [], [], 0
         for c in out.prefills:
             offset += c.end - c.start

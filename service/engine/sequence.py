@@ -40,6 +40,7 @@ class Sequence:
     num_cached_tokens: int = 0  # of those, how many came from the prefix cache at admission
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
+    encoder_token_ids: list[int] | None = None  # encoder-decoders: the encoder input (the "prompt")
 
     @property
     def token_ids(self) -> list[int]:
