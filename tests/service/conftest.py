@@ -1,78 +1,10 @@
-"""A real kernelserve server in a subprocess on 127.0.0.1, and clients for it."""
+"""Clients for the session's live server (started in tests/conftest.py)."""
 from __future__ import annotations
-
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
 
-from ..conftest import MINILM, SMOLLM
-
-API_KEY = "test-key-123"
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, *args: str, startup_timeout: float = 180):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
-        self.log_path = os.path.join(ROOT, ".cache", f"server-{self.port}.log")
-        os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "service", "serve", "--port", str(self.port), *args],
-                                     cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        self._wait_ready(startup_timeout)
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {open(self.log_path).read()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"server not ready after {timeout}s: {open(self.log_path).read()[-3000:]}")
-
-    def metric(self, name: str, model: str = SMOLLM) -> float:
-        text = httpx.get(self.url + "/metrics", timeout=10).text
-        for line in text.splitlines():
-            if line.startswith(f'{name}{{model_name="{model}"}}'):
-                return float(line.rsplit(" ", 1)[1])
-        raise KeyError(name)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
-
-
-@pytest.fixture(scope="session")
-def server():
-    s = Server("--api-key", API_KEY, "--max-request-bytes", "65536")
-    yield s
-    s.stop()
+from ..conftest import API_KEY, MINILM, SMOLLM, Server  # noqa: F401
 
 
 @pytest.fixture(scope="session")
@@ -94,5 +26,3 @@ def http(server):
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120) as c:
         yield c
 
-
-__all__ = ["API_KEY", "MINILM", "SMOLLM", "Server"]
