@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ..models.test_encoder_decoder import t5
-from .conftest import Server
+from ..conftest import Server
 
 pytestmark = pytest.mark.slow
 

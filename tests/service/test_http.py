@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from .conftest import API_KEY, SMOLLM, Server
+from ..conftest import API_KEY, SMOLLM, Server
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -8,7 +8,7 @@ import numpy as np
 import openai
 import pytest
 
-from .conftest import MINILM, SMOLLM
+from ..conftest import MINILM, SMOLLM
 
 pytestmark = pytest.mark.slow
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
