@@ -20,6 +20,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ._softmax import online_softmax_step
 from ._validate import FLOAT_DTYPES, check_cu_seqlens, check_same_dtype, check_tensor, expect
 
 LOG2E = 1.4426950408889634
@@ -61,15 +62,7 @@ def _attention_tile(
             if CAUSAL:
                 visible = visible & (cols[None, :] <= offs_m[:, None] + diag_shift)
             s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # A row that has seen no visible key keeps m = -inf; shift by 0 so that
-        # exp2(-inf - -inf) never produces NaN.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, s, v)
     return acc, m_i, l_i
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ._softmax import online_softmax_step
 from .flash_attention import check_position_bias, relative_bias_ref
 from ._validate import FLOAT_DTYPES, check_same_dtype, check_shape, check_tensor, expect
 
@@ -90,13 +91,7 @@ def _paged_attention_kernel(
             rel = tl.minimum(tl.maximum(toks - (seq_len - 1), -bias_radius), bias_radius) + bias_radius
             s += tl.load(Bias + heads[:, None] * stride_bias + rel[None, :], mask=g_ok[:, None], other=0.0) * 1.4426950408889634
         s = tl.where(t_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, s, v)
 
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     mask = g_ok[:, None] & d_ok[None, :]

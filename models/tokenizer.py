@@ -75,9 +75,9 @@ class Tokenizer:
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **extra) -> str:
         if self._template is None:
             raise ChatTemplateError("this model's tokenizer has no chat template")
-        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                     bos_token=self.bos_token or "", eos_token=self.eos_token or "",
-                                     **self.special_tokens, **extra)
+        context = {**self.special_tokens, "bos_token": self.bos_token or "", "eos_token": self.eos_token or "",
+                   **extra}
+        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt, **context)
 
     @staticmethod
     def from_folder(folder: str) -> "Tokenizer":

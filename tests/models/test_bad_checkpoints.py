@@ -112,3 +112,30 @@ def test_pickle_bin_is_refused(tiny_llama):
     (tiny_llama / "pytorch_model.bin").write_bytes(pickle.dumps({"x": Evil()}))
     with pytest.raises(ModelError, match="pytorch_model.bin: not a weights-only PyTorch checkpoint"):
         load_model(str(tiny_llama))
+
+
+def test_hub_id_without_network_names_the_id(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="some-org/not-cached-model: could not fetch this hub id"):
+        load_model("some-org/not-cached-model")
+
+
+def test_sharded_safetensors_with_index(tmp_path, byte_bpe_tokenizer):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=64)
+    hf = AutoModelForCausalLM.from_config(cfg).eval()
+    hf.save_pretrained(tmp_path, max_shard_size="60KB")
+    byte_bpe_tokenizer.backend.save(str(tmp_path / "tokenizer.json"))
+    assert (tmp_path / "model.safetensors.index.json").exists() and len(list(tmp_path.glob("*.safetensors"))) > 1
+    ours = load_model(str(tmp_path))
+    ids = [1, 5, 9, 33]
+    from .helpers import full_logits
+
+    with torch.no_grad():
+        torch.testing.assert_close(full_logits(ours.model, ids), hf(torch.tensor([ids])).logits[0], atol=1e-5, rtol=1e-5)
+    shard = sorted(tmp_path.glob("model-*.safetensors"))[-1]
+    shard.unlink()
+    with pytest.raises(ModelError, match=f"shard {shard.name} is missing"):
+        load_model(str(tmp_path))
