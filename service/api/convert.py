@@ -30,11 +30,12 @@ def reject_unsupported_chat(req: ChatCompletionRequest) -> None:
 
 
 def reject_unsupported_common(req: SamplingFields) -> None:
-    if req.use_beam_search:
-        raise bad_request("use_beam_search is not supported yet", "use_beam_search", "unsupported_parameter")
-    if req.best_of is not None and req.best_of != req.n:
-        raise bad_request("best_of other than n needs beam search or ranking, which is not supported yet",
-                          "best_of", "unsupported_parameter")
+    if req.best_of is not None and req.best_of != req.n and not req.use_beam_search:
+        raise bad_request("best_of other than n is supported with use_beam_search only (sampled ranking is not "
+                          "implemented)", "best_of", "unsupported_parameter")
+    if req.use_beam_search and req.stream:
+        raise bad_request("streaming is not supported with beam search: the best beams are known only at the end",
+                          "stream", "unsupported_parameter")
     if req.min_tokens:
         raise bad_request("min_tokens is not supported yet", "min_tokens", "unsupported_parameter")
 
@@ -129,6 +130,8 @@ def to_sampling_params(req: SamplingFields, *, max_tokens: int | None, default_m
             logit_bias=_logit_bias(req.logit_bias, vocab), seed=req.seed, stop=tuple(stop),
             stop_token_ids=tuple(req.stop_token_ids or ()), ignore_eos=req.ignore_eos, logprobs=logprobs,
             skip_special_tokens=req.skip_special_tokens, include_stop_str_in_output=req.include_stop_str_in_output,
+            use_beam_search=req.use_beam_search, beam_width=req.best_of or req.n,
+            length_penalty=req.length_penalty, early_stopping=req.early_stopping,
         )
     except ValueError as err:
         param = str(err).split()[0]

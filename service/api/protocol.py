@@ -56,7 +56,7 @@ class SamplingFields(OpenAIModel):
     use_beam_search: bool = False
     best_of: Optional[int] = None
     length_penalty: float = 1.0
-    early_stopping: bool = False
+    early_stopping: Union[bool, Literal["never"]] = False
     min_tokens: int = 0
     # OpenAI fields accepted and not acted on (they do not change the output)
     service_tier: Optional[str] = None

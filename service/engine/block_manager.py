@@ -42,11 +42,24 @@ class BlockManager:
     free: OrderedDict = field(init=False)  # block_id -> None, least recently freed first
     by_hash: dict[int, int] = field(init=False)
     stats: PrefixCacheStats = field(default_factory=PrefixCacheStats)
+    copies: list[tuple[int, int]] = field(default_factory=list)  # (src, dst) block copies the runner owes
 
     def __post_init__(self):
         self.blocks = [Block(i) for i in range(self.num_blocks)]
         self.free = OrderedDict((i, None) for i in range(self.num_blocks))
         self.by_hash = {}
+
+    def fork(self, parent: Sequence, child: Sequence) -> None:
+        """``child`` shares every block of ``parent`` (beam search); writes copy on demand."""
+        child.block_table = list(parent.block_table)
+        child.block_hashes = list(parent.block_hashes)
+        child.num_computed_tokens = parent.num_computed_tokens
+        for block_id in child.block_table:
+            self.blocks[block_id].ref_count += 1
+
+    def take_copies(self) -> list[tuple[int, int]]:
+        copies, self.copies = self.copies, []
+        return copies
 
     @property
     def num_free_blocks(self) -> int:
@@ -122,14 +135,31 @@ class BlockManager:
             seq.block_table.append(self._take_free().block_id)
         seq.num_computed_tokens = seq.num_cached_tokens = cached * self.block_size
 
+    def _needs_block(self, seq: Sequence) -> bool:
+        """Whether writing position ``len(seq) - 1`` takes a new block: past the last one, or a shared one."""
+        index = (len(seq) - 1) // self.block_size
+        return index >= len(seq.block_table) or self.blocks[seq.block_table[index]].ref_count > 1
+
     def can_append(self, seq: Sequence) -> bool:
-        """Room for one more token (a new block only when the last one is full)."""
-        return len(seq) <= len(seq.block_table) * self.block_size or bool(self.free)
+        """Room for one more token (a new block only when the last one is full or shared)."""
+        return not self._needs_block(seq) or bool(self.free)
 
     def append_slot(self, seq: Sequence) -> None:
-        """Make room for the token at position ``len(seq) - 1`` (just appended)."""
-        if len(seq) > len(seq.block_table) * self.block_size:
+        """Make room for the token at position ``len(seq) - 1`` (just appended).
+
+        A block shared with a forked beam is copied first (copy-on-write); only the
+        partly filled last block is ever written, so only it is copied.
+        """
+        index = (len(seq) - 1) // self.block_size
+        if index >= len(seq.block_table):
             seq.block_table.append(self._take_free().block_id)
+            return
+        shared = self.blocks[seq.block_table[index]]
+        if shared.ref_count > 1:
+            fresh = self._take_free()
+            self.copies.append((shared.block_id, fresh.block_id))
+            shared.ref_count -= 1
+            seq.block_table[index] = fresh.block_id
 
     def commit_full_blocks(self, seq: Sequence) -> None:
         """Register the hashes of blocks whose K/V are now fully computed, for later requests."""

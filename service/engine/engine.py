@@ -14,6 +14,7 @@ import torch
 
 from models import LoadedModel
 
+from .beam import BeamState
 from .block_manager import BlockManager
 from .config import EngineConfig
 from .detokenize import TextState
@@ -44,6 +45,7 @@ class Request:
     texts: dict[int, TextState]
     times: RequestTimes
     pending: dict[int, CompletionOutput] = field(default_factory=dict)  # news since the last report
+    beam: BeamState | None = None
 
     @property
     def finished(self) -> bool:
@@ -93,18 +95,24 @@ class LLMEngine:
                 f"{params.max_tokens} in the completion). Please reduce the length of the messages or completion.",
                 code="context_length_exceeded", param="messages")
         now = time.monotonic()
+        count = 1 if params.use_beam_search else params.n  # beams grow from one sequence
         if self.loaded.is_encoder_decoder:  # the prompt feeds the encoder; the decoder starts from its start token
             start = [self.loaded.config.decoder_start_token_id]
             seqs = [Sequence(request_id, i, list(start), params, now, encoder_token_ids=list(prompt_token_ids))
-                    for i in range(params.n)]
+                    for i in range(count)]
         else:
-            seqs = [Sequence(request_id, i, list(prompt_token_ids), params, now) for i in range(params.n)]
+            seqs = [Sequence(request_id, i, list(prompt_token_ids), params, now) for i in range(count)]
         texts = {s.seq_id: TextState.create(self.loaded.tokenizer, s.prompt_token_ids, params) for s in seqs}
         for s in seqs:
             if params.seed is not None:
                 self.generators[s.seq_id] = torch.Generator(device=self.loaded.device).manual_seed(params.seed + s.index)
             self.scheduler.add(s)
-        self.requests[request_id] = Request(request_id, list(prompt_token_ids), params, seqs, texts, RequestTimes(now))
+        beam = None
+        if params.use_beam_search:
+            stops = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_ids)
+            beam = BeamState(params, stops, scores={seqs[0].seq_id: 0.0})
+        self.requests[request_id] = Request(request_id, list(prompt_token_ids), params, seqs, texts,
+                                            RequestTimes(now), beam=beam)
         self.counters.prompt_tokens += len(prompt_token_ids)
 
     def _check_encoder_input(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
@@ -140,12 +148,85 @@ class LLMEngine:
             req.times.scheduled = req.times.scheduled or now
         logits, seqs = self.runner.run(out)
         self.scheduler.computed(out)
-        if seqs:
-            result = sample(logits, seqs, self.generators)
-            for seq, token, lp in zip(seqs, result.token_ids, result.logprobs):
-                self._append(seq, token, lp)
+        plain = [i for i, s in enumerate(seqs) if not s.params.use_beam_search]
+        if plain:
+            result = sample(logits[plain], [seqs[i] for i in plain], self.generators)
+            for i, token, lp in zip(plain, result.token_ids, result.logprobs):
+                self._append(seqs[i], token, lp)
+        for i, seq in enumerate(seqs):
+            if seq.params.use_beam_search:
+                self._beam_row(seq, logits[i])
         touched = {s.request_id for s in seqs}
-        return [self._report(self.requests[r]) for r in touched if r in self.requests]
+        return [self._report(self.requests[r]) for r in touched if r in self.requests and self._reportable(r)]
+
+    def _reportable(self, request_id: str) -> bool:
+        req = self.requests[request_id]
+        return req.beam is None or req.finished  # beam search reports once, at the end
+
+    # -- beam search ----------------------------------------------------------------------------
+    def _beam_row(self, seq: Sequence, logits: torch.Tensor) -> None:
+        req = self.requests[seq.request_id]
+        state = req.beam
+        state.rows[seq.seq_id] = logits.float().log_softmax(-1)
+        seq.paused = True
+        live = [s for s in req.seqs if not s.finished]
+        if state.ready(live):
+            self._beam_advance(req, live)
+
+    def _beam_advance(self, req: Request, live: list[Sequence]) -> None:
+        state = req.beam
+        now = time.monotonic()
+        req.times.first_token = req.times.first_token or now
+        req.times.last_token = now
+        chosen = state.advance(live)
+        if state.done:
+            self._beam_finish(req, live)
+            return
+        # fork duplicates first, from the parents' state before any of them grows
+        used: set[int] = set()
+        assigned = []
+        for c in chosen:
+            seq = c.parent if c.parent.seq_id not in used else self._fork(req, c.parent)
+            used.add(c.parent.seq_id)
+            assigned.append((seq, c))
+        beams, scores = [], {}
+        for seq, c in assigned:
+            seq.output_token_ids.append(c.token)
+            seq.paused = False
+            scores[seq.seq_id] = c.logprob
+            beams.append(seq)
+        self.counters.generation_tokens += len(beams)
+        for seq in live:
+            if seq.seq_id not in scores:  # a beam nobody continues: its blocks go back
+                self.scheduler.finish(seq, FinishReason.STOP)
+                self.runner.release(seq)
+        state.scores = scores
+
+    def _fork(self, req: Request, parent: Sequence) -> Sequence:
+        child = Sequence(req.request_id, len(req.seqs), list(parent.prompt_token_ids), parent.params,
+                         parent.arrival_time, output_token_ids=list(parent.output_token_ids),
+                         encoder_token_ids=parent.encoder_token_ids)
+        if parent.encoder_token_ids is not None:
+            self.runner.share_cross(parent, child)
+        if parent.block_table:
+            self.block_manager.fork(parent, child)
+            self.scheduler.add_running(child)
+        else:  # the parent was preempted: the child recomputes too
+            self.scheduler.add(child)
+        req.seqs.append(child)
+        return child
+
+    def _beam_finish(self, req: Request, live: list[Sequence]) -> None:
+        for seq in live:
+            self.scheduler.finish(seq, FinishReason.STOP)
+            self.runner.release(seq)
+        tok = self.loaded.tokenizer
+        for i, hyp in enumerate(req.beam.best(req.params.n)):
+            text = tok.decode([t for t in hyp.token_ids if t not in req.beam.stop_ids],
+                              skip_special_tokens=req.params.skip_special_tokens)
+            reason = FinishReason.STOP if hyp.ended else FinishReason.LENGTH
+            req.pending[-1 - i] = CompletionOutput(i, text, hyp.token_ids, None, reason.value)
+            self.counters.finished[reason.value] = self.counters.finished.get(reason.value, 0) + 1
 
     def _append(self, seq: Sequence, token: int, logprob) -> None:
         req = self.requests[seq.request_id]
@@ -190,7 +271,7 @@ class LLMEngine:
         self.counters.finished[reason.value] = self.counters.finished.get(reason.value, 0) + 1
 
     def _report(self, req: Request) -> RequestOutput:
-        outputs = []
+        outputs = [req.pending.pop(k) for k in sorted(k for k in req.pending if k < 0)][::-1]  # beam results
         for seq in req.seqs:
             news = req.pending.pop(seq.seq_id, None)
             if news is None:

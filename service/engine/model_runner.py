@@ -46,6 +46,11 @@ class ModelRunner:
         # encoder-decoders: each sequence's cross-attention K/V, computed once at admission
         self.cross_kv: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
+    def share_cross(self, parent: Sequence, child: Sequence) -> None:
+        """A forked beam attends to the same encoder output."""
+        if parent.seq_id in self.cross_kv:
+            self.cross_kv[child.seq_id] = self.cross_kv[parent.seq_id]
+
     def release(self, seq: Sequence) -> None:
         """Drop what the runner keeps for a finished sequence (its cross-attention K/V)."""
         self.cross_kv.pop(seq.seq_id, None)
@@ -110,6 +115,10 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, out: SchedulerOutput) -> tuple[torch.Tensor, list[Sequence]]:
         """One forward pass; returns float32 logits [N, V] for the N sequences that sample, and those sequences."""
+        for src, dst in out.copies:  # copy-on-write of blocks shared by forked beams
+            for k_cache, v_cache in self.kv_caches:
+                k_cache[dst].copy_(k_cache[src])
+                v_cache[dst].copy_(v_cache[src])
         tokens, positions, meta = self._metadata(out)
         extra = () if not self.loaded.is_encoder_decoder else (self._cross(out),)
         hidden = self.model(torch.tensor(tokens, device=self.device), torch.tensor(positions, device=self.device),

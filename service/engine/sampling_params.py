@@ -23,6 +23,11 @@ class SamplingParams:
     logprobs: int | None = None  # number of top alternatives per token (0: only the chosen token)
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    # beam search (vLLM's extras): beam_width beams, the best n returned
+    use_beam_search: bool = False
+    beam_width: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False  # True, False (heuristic) or "never", as transformers
 
     def __post_init__(self):
         checks = [
@@ -36,6 +41,10 @@ class SamplingParams:
             (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),
             (self.repetition_penalty > 0, "repetition_penalty must be positive"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be in [0, 20]"),
+            (not self.use_beam_search or self.beam_width >= self.n, "best_of (beam width) must be at least n"),
+            (not self.use_beam_search or not self.stop, "stop strings are not supported with beam search"),
+            (not self.use_beam_search or self.logprobs is None, "logprobs are not supported with beam search"),
+            (self.early_stopping in (True, False, "never"), "early_stopping must be true, false or 'never'"),
         ]
         for ok, message in checks:
             if not ok:

@@ -35,6 +35,7 @@ class SchedulerOutput:
     prefills: list[ScheduledChunk] = field(default_factory=list)
     decodes: list[Sequence] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
+    copies: list[tuple[int, int]] = field(default_factory=list)  # KV blocks to copy before the forward (src, dst)
 
     @property
     def empty(self) -> bool:
@@ -65,12 +66,18 @@ class Scheduler:
         budget = self._schedule_running(out, budget)
         if not out.preempted:  # a step that had to preempt admits nobody new
             self._schedule_waiting(out, budget)
+        out.copies = self.blocks.take_copies()
         return out
+
+    def add_running(self, seq: Sequence) -> None:
+        """A sequence forked from a running one (beam search) joins the running set directly."""
+        seq.status = Status.RUNNING
+        self.running.append(seq)
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
         for seq in list(self.running):
-            if seq not in self.running or budget == 0:
-                continue  # preempted earlier in this loop, or out of budget this step
+            if seq not in self.running or budget == 0 or seq.paused:
+                continue  # preempted earlier in this loop, out of budget, or a beam waiting for its group
             if seq.is_prefilling:
                 n = min(seq.num_uncomputed, budget)
                 out.prefills.append(ScheduledChunk(seq, seq.num_computed_tokens, seq.num_computed_tokens + n))
@@ -88,11 +95,12 @@ class Scheduler:
         return budget
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-            seq = self.waiting[0]
-            if not self.blocks.can_allocate(seq):
-                break  # FCFS: nobody overtakes the head of the queue
-            self.waiting.popleft()
+        while budget > 0 and len(self.running) < self.config.max_num_seqs:
+            # FCFS: nobody overtakes the head of the queue (paused beams wait for their group)
+            seq = next((s for s in self.waiting if not s.paused), None)
+            if seq is None or not self.blocks.can_allocate(seq):
+                break
+            self.waiting.remove(seq)
             self.blocks.allocate(seq)
             seq.status = Status.RUNNING
             self.running.append(seq)

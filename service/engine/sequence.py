@@ -41,6 +41,7 @@ class Sequence:
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
     encoder_token_ids: list[int] | None = None  # encoder-decoders: the encoder input (the "prompt")
+    paused: bool = False  # beam search: logits taken, waiting for the other beams' before the next token
 
     @property
     def token_ids(self) -> list[int]:

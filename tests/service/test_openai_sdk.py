@@ -120,3 +120,15 @@ def test_wrong_model_kind_and_unknown_model(client):
     with pytest.raises(openai.BadRequestError, match="tools"):
         client.chat.completions.create(model=SMOLLM, messages=CHAT, tools=[
             {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])
+
+
+def test_beam_search_through_the_api(client):
+    kwargs = dict(model=SMOLLM, prompt="The capital of France is", max_tokens=8, n=2, temperature=0,
+                  extra_body={"use_beam_search": True, "best_of": 3})
+    a = client.completions.create(**kwargs)
+    b = client.completions.create(**kwargs)
+    assert [c.text for c in a.choices] == [c.text for c in b.choices] and len(a.choices) == 2
+    assert a.choices[0].text != a.choices[1].text
+    assert a.usage.completion_tokens > 0
+    with pytest.raises(openai.BadRequestError, match="streaming is not supported with beam search"):
+        client.completions.create(stream=True, **kwargs)
