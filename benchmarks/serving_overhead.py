@@ -46,12 +46,12 @@ def in_process(args) -> float:
 def over_http(args) -> dict:
     port = 8190
     proc = start([sys.executable, "-m", "service", "serve", "--model", MODEL, "--port", str(port),
-                  "--max-num-seqs", str(args.concurrency)], port, os.path.join(tempfile.gettempdir(), "overhead.log"))
+                  "--max-num-seqs", str(args.concurrency)], port, os.path.join(tempfile.gettempdir(), "kernelserve-overhead-server.log"))
     try:
         base = ["--base-url", f"http://127.0.0.1:{port}", "--model", MODEL]
         subprocess.run([sys.executable, "-m", "benchmarks.serve", *base, "--num-prompts", "2", "--max-tokens", "8"],
                        cwd=ROOT, capture_output=True)
-        out = os.path.join(tempfile.gettempdir(), "overhead.json")
+        out = os.path.join(tempfile.gettempdir(), "kernelserve-overhead.json")
         subprocess.run([sys.executable, "-m", "benchmarks.serve", *base, "--num-prompts", str(args.num_prompts),
                         "--max-concurrency", str(args.concurrency), "--max-tokens", str(args.max_tokens),
                         "--ignore-eos", "--save-result", out], cwd=ROOT, check=True, capture_output=True)
