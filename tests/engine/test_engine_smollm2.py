@@ -30,8 +30,8 @@ GREEDY = SamplingParams(max_tokens=24, temperature=0)
 
 def test_greedy_batched_equals_one_at_a_time(smollm, prompts):
     together, engine = run(smollm, prompts, GREEDY)
-    alone = [run(smollm, [p], GREEDY)[0][0] for p in prompts[:6]]
-    assert together[:6] == alone
+    alone = [run(smollm, [p], GREEDY)[0][0] for p in prompts]
+    assert together == alone
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
 
 
