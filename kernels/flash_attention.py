@@ -168,7 +168,7 @@ def check_position_bias(position_bias, q) -> int:
     check_tensor("position_bias", position_bias, ndim=2, dtypes=(torch.float32,), device=q.device)
     width = position_bias.shape[1]
     expect(position_bias.shape[0] == q.shape[1] and width % 2 == 1,
-           f"position_bias: expected [{q.shape[1]}, 2R+1] (one row per query head, odd width), got {list(position_bias.shape)}")
+           lambda: f"position_bias: expected [{q.shape[1]}, 2R+1] (one row per query head, odd width), got {list(position_bias.shape)}")
     return (width - 1) // 2
 
 
@@ -183,16 +183,16 @@ def _check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(name, t, ndim=3, dtypes=FLOAT_DTYPES)
     check_same_dtype(("q", "k", "v"), (q, k, v))
-    expect(q.device == k.device == v.device, f"q, k, v: expected one device, got {q.device}, {k.device}, {v.device}")
-    expect(k.shape == v.shape, f"k, v: expected equal shapes, got {list(k.shape)} and {list(v.shape)}")
+    expect(q.device == k.device == v.device, lambda: f"q, k, v: expected one device, got {q.device}, {k.device}, {v.device}")
+    expect(k.shape == v.shape, lambda: f"k, v: expected equal shapes, got {list(k.shape)} and {list(v.shape)}")
     head_dim = q.shape[2]
-    expect(k.shape[2] == head_dim, f"k: head dim {k.shape[2]} differs from q's {head_dim}")
-    expect(MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM, f"q: head dim must be in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got {head_dim}")
+    expect(k.shape[2] == head_dim, lambda: f"k: head dim {k.shape[2]} differs from q's {head_dim}")
+    expect(MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM, lambda: f"q: head dim must be in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got {head_dim}")
     expect(k.shape[1] > 0 and q.shape[1] % k.shape[1] == 0,
-           f"q, k: query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
+           lambda: f"q, k: query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
     cu_q = check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q, q.device)
     cu_k = check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k, q.device)
-    expect(len(cu_q) == len(cu_k), f"cu_seqlens_q, cu_seqlens_k: expected the same number of sequences, got {len(cu_q) - 1} and {len(cu_k) - 1}")
+    expect(len(cu_q) == len(cu_k), lambda: f"cu_seqlens_q, cu_seqlens_k: expected the same number of sequences, got {len(cu_q) - 1} and {len(cu_k) - 1}")
     return cu_q, cu_k
 
 

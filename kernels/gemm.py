@@ -194,11 +194,11 @@ def _check_linear_args(x, weight, bias, activation):
     expect(x.dim() >= 1, "x: expected at least one dimension")
     check_tensor("weight", weight, ndim=2, dtypes=FLOAT_DTYPES, device=x.device)
     check_same_dtype(("x", "weight"), (x, weight))
-    expect(weight.shape[1] == x.shape[-1], f"weight: expected [out, {x.shape[-1]}] (F.linear layout), got {list(weight.shape)}")
+    expect(weight.shape[1] == x.shape[-1], lambda: f"weight: expected [out, {x.shape[-1]}] (F.linear layout), got {list(weight.shape)}")
     if bias is not None:
         check_tensor("bias", bias, ndim=1, dtypes=FLOAT_DTYPES, device=x.device)
         check_shape("bias", bias, (weight.shape[0],))
-    expect(activation in ACTIVATIONS, f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+    expect(activation in ACTIVATIONS, lambda: f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
 
 
 def linear_triton(x, weight, bias=None, activation=None, *, config=None):
@@ -218,8 +218,8 @@ def linear_triton(x, weight, bias=None, activation=None, *, config=None):
 
 def _check_gated_args(x, w_gate_up, w_down, activation):
     _check_linear_args(x, w_gate_up, None, activation)
-    expect(activation in ("silu", "gelu", "gelu_tanh", "relu"), f"activation: expected silu, gelu, gelu_tanh or relu, got {activation!r}")
-    expect(w_gate_up.shape[0] % 2 == 0, f"w_gate_up: expected [2*I, H] (gate rows first), got {list(w_gate_up.shape)}")
+    expect(activation in ("silu", "gelu", "gelu_tanh", "relu"), lambda: f"activation: expected silu, gelu, gelu_tanh or relu, got {activation!r}")
+    expect(w_gate_up.shape[0] % 2 == 0, lambda: f"w_gate_up: expected [2*I, H] (gate rows first), got {list(w_gate_up.shape)}")
     check_tensor("w_down", w_down, ndim=2, dtypes=FLOAT_DTYPES, device=x.device)
     check_same_dtype(("x", "w_down"), (x, w_down))
     check_shape("w_down", w_down, (x.shape[-1], w_gate_up.shape[0] // 2))

@@ -60,7 +60,7 @@ def _check_norm_args(x, weight, bias, residual):
     check_tensor("x", x, dtypes=FLOAT_DTYPES)
     expect(x.dim() >= 1, "x: expected at least one dimension")
     n = x.shape[-1]
-    expect(1 <= n <= MAX_ROW, f"x: last dimension must be in [1, {MAX_ROW}], got {n}")
+    expect(1 <= n <= MAX_ROW, lambda: f"x: last dimension must be in [1, {MAX_ROW}], got {n}")
     check_tensor("weight", weight, ndim=1, dtypes=FLOAT_DTYPES, device=x.device)
     check_shape("weight", weight, (n,))
     if bias is not None:
@@ -69,7 +69,7 @@ def _check_norm_args(x, weight, bias, residual):
     if residual is not None:
         check_tensor("residual", residual, dtypes=FLOAT_DTYPES, device=x.device)
         check_same_dtype(("x", "residual"), (x, residual))
-        expect(residual.shape == x.shape, f"residual: expected shape {list(x.shape)}, got {list(residual.shape)}")
+        expect(residual.shape == x.shape, lambda: f"residual: expected shape {list(x.shape)}, got {list(residual.shape)}")
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -115,9 +115,15 @@ def layer_norm_ref(x, weight, bias, eps, residual=None):
 
 
 def rms_norm_ref(x, weight, eps, residual=None):
-    """Torch path: fp32 statistics, ``h * rsqrt(mean(h^2) + eps) * w``."""
+    """Torch path: ``h * rsqrt(mean(h^2) + eps) * w`` with fp32 statistics.
+
+    torch's fused ``F.rms_norm`` accumulates in fp32 for 16-bit inputs; one op
+    instead of six on the CPU serving path.
+    """
     _check_norm_args(x, weight, None, residual)
     h = x + residual if residual is not None else x
-    hf = h.float()
-    y = (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
+    if weight.dtype == h.dtype:
+        y = F.rms_norm(h, (h.shape[-1],), weight, eps)
+    else:
+        y = F.rms_norm(h.float(), (h.shape[-1],), weight.float(), eps).to(x.dtype)
     return (y, h) if residual is not None else y

@@ -161,21 +161,21 @@ def _check_cache(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         check_tensor(name, t, ndim=4, dtypes=FLOAT_DTYPES)
     check_same_dtype(("k_cache", "v_cache"), (k_cache, v_cache))
-    expect(k_cache.shape == v_cache.shape, f"k_cache, v_cache: expected equal shapes, got {list(k_cache.shape)} and {list(v_cache.shape)}")
+    expect(k_cache.shape == v_cache.shape, lambda: f"k_cache, v_cache: expected equal shapes, got {list(k_cache.shape)} and {list(v_cache.shape)}")
     expect(k_cache.device == v_cache.device, "k_cache, v_cache: expected one device")
-    expect(k_cache.shape[1] in BLOCK_SIZES, f"k_cache: block size (dim 1) must be one of {BLOCK_SIZES}, got {k_cache.shape[1]}")
+    expect(k_cache.shape[1] in BLOCK_SIZES, lambda: f"k_cache: block size (dim 1) must be one of {BLOCK_SIZES}, got {k_cache.shape[1]}")
 
 
 def _check_paged_args(q, k_cache, v_cache, block_tables, seq_lens):
     check_tensor("q", q, ndim=3, dtypes=FLOAT_DTYPES)
     _check_cache(k_cache, v_cache)
     check_same_dtype(("q", "k_cache"), (q, k_cache))
-    expect(q.device == k_cache.device, f"q, k_cache: expected one device, got {q.device} and {k_cache.device}")
+    expect(q.device == k_cache.device, lambda: f"q, k_cache: expected one device, got {q.device} and {k_cache.device}")
     batch, hq, d = q.shape
     hkv = k_cache.shape[2]
-    expect(k_cache.shape[3] == d, f"k_cache: head dim {k_cache.shape[3]} differs from q's {d}")
-    expect(16 <= d <= 256, f"q: head dim must be in [16, 256], got {d}")
-    expect(hq % hkv == 0, f"q, k_cache: query heads ({hq}) must be a multiple of key/value heads ({hkv})")
+    expect(k_cache.shape[3] == d, lambda: f"k_cache: head dim {k_cache.shape[3]} differs from q's {d}")
+    expect(16 <= d <= 256, lambda: f"q: head dim must be in [16, 256], got {d}")
+    expect(hq % hkv == 0, lambda: f"q, k_cache: query heads ({hq}) must be a multiple of key/value heads ({hkv})")
     check_tensor("block_tables", block_tables, ndim=2, dtypes=(torch.int32,), device=q.device)
     check_tensor("seq_lens", seq_lens, ndim=1, dtypes=(torch.int32,), device=q.device)
     check_shape("block_tables", block_tables, (batch, None))
@@ -185,10 +185,10 @@ def _check_paged_args(q, k_cache, v_cache, block_tables, seq_lens):
         capacity = block_tables.shape[1] * k_cache.shape[1]
         longest = int(seq_lens.max())
         expect(int(seq_lens.min()) >= 0, "seq_lens: must be non-negative")
-        expect(longest <= capacity, f"seq_lens: a sequence of {longest} tokens does not fit block_tables ({capacity} slots)")
+        expect(longest <= capacity, lambda: f"seq_lens: a sequence of {longest} tokens does not fit block_tables ({capacity} slots)")
         used = block_tables[:, : triton.cdiv(longest, k_cache.shape[1])]
         expect(bool(((used >= 0) & (used < k_cache.shape[0])).all()) or longest == 0,
-               f"block_tables: entries must index k_cache's {k_cache.shape[0]} blocks")
+               lambda: f"block_tables: entries must index k_cache's {k_cache.shape[0]} blocks")
 
 
 def paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, *, scale=None, position_bias=None):
@@ -260,14 +260,14 @@ def _check_store_args(k, v, k_cache, v_cache, slot_mapping):
         check_tensor(name, t, ndim=3, dtypes=FLOAT_DTYPES)
     _check_cache(k_cache, v_cache)
     check_same_dtype(("k", "v", "k_cache"), (k, v, k_cache))
-    expect(k.shape == v.shape, f"k, v: expected equal shapes, got {list(k.shape)} and {list(v.shape)}")
+    expect(k.shape == v.shape, lambda: f"k, v: expected equal shapes, got {list(k.shape)} and {list(v.shape)}")
     check_shape("k", k, (None, k_cache.shape[2], k_cache.shape[3]))
     check_tensor("slot_mapping", slot_mapping, ndim=1, dtypes=(torch.int32, torch.int64), device=k.device)
     check_shape("slot_mapping", slot_mapping, (k.shape[0],))
-    expect(k.device == k_cache.device, f"k, k_cache: expected one device, got {k.device} and {k_cache.device}")
+    expect(k.device == k_cache.device, lambda: f"k, k_cache: expected one device, got {k.device} and {k_cache.device}")
     if slot_mapping.device.type == "cpu" and slot_mapping.numel():
         top = k_cache.shape[0] * k_cache.shape[1]
-        expect(int(slot_mapping.max()) < top, f"slot_mapping: slots must be < {top} (num_blocks * block_size)")
+        expect(int(slot_mapping.max()) < top, lambda: f"slot_mapping: slots must be < {top} (num_blocks * block_size)")
         expect(int(slot_mapping.min()) >= -1, "slot_mapping: slots must be >= -1 (-1 skips a token)")
 
 
@@ -290,8 +290,13 @@ def store_kv_triton(k, v, k_cache, v_cache, slot_mapping) -> None:
 def store_kv_ref(k, v, k_cache, v_cache, slot_mapping) -> None:
     """Torch path: one indexed copy per cache."""
     _check_store_args(k, v, k_cache, v_cache, slot_mapping)
+    nb, bs, hkv, d = k_cache.shape
+    if slot_mapping.numel() and int(slot_mapping.min()) >= 0:  # the common case: no skipped tokens
+        slots = slot_mapping.long()
+        k_cache.view(nb * bs, hkv, d).index_copy_(0, slots, k)
+        v_cache.view(nb * bs, hkv, d).index_copy_(0, slots, v)
+        return
     keep = slot_mapping >= 0
     slots = slot_mapping[keep].long()
-    nb, bs, hkv, d = k_cache.shape
     k_cache.view(nb * bs, hkv, d)[slots] = k[keep]
     v_cache.view(nb * bs, hkv, d)[slots] = v[keep]

@@ -68,10 +68,10 @@ def _check_rotary_args(q, k, positions, cos_sin_cache):
     check_tensor("cos_sin_cache", cos_sin_cache, ndim=2, dtypes=FLOAT_DTYPES, device=q.device)
     rot_dim = cos_sin_cache.shape[1]
     expect(rot_dim % 2 == 0 and 2 <= rot_dim <= q.shape[2],
-           f"cos_sin_cache: rot_dim (dim 1) must be even and at most head dim {q.shape[2]}, got {rot_dim}")
+           lambda: f"cos_sin_cache: rot_dim (dim 1) must be even and at most head dim {q.shape[2]}, got {rot_dim}")
     if positions.device.type == "cpu" and positions.numel():
         expect(0 <= int(positions.min()) and int(positions.max()) < cos_sin_cache.shape[0],
-               f"positions: must lie in [0, {cos_sin_cache.shape[0]}) (cos_sin_cache rows)")
+               lambda: f"positions: must lie in [0, {cos_sin_cache.shape[0]}) (cos_sin_cache rows)")
 
 
 def rotary_triton(q, k, positions, cos_sin_cache, neox_style=True):
@@ -91,24 +91,24 @@ def rotary_triton(q, k, positions, cos_sin_cache, neox_style=True):
 
 
 def _rotate_ref(x, cos, sin, neox_style):
-    rot_dim = cos.shape[-1] * 2
-    xr = x[..., :rot_dim].float()
-    if neox_style:
-        x1, x2 = xr.chunk(2, dim=-1)
-    else:
-        x1, x2 = xr[..., 0::2], xr[..., 1::2]
-    y1 = x1 * cos - x2 * sin
-    y2 = x2 * cos + x1 * sin
-    y = torch.cat([y1, y2], -1) if neox_style else torch.stack([y1, y2], -1).flatten(-2)
-    x[..., :rot_dim] = y.to(x.dtype)
+    """Rotate x's feature pairs in place: the halves (NeoX) or even/odd interleaved (GPT-J)."""
+    half = cos.shape[-1]
+    rot = x[..., : 2 * half]
+    x1, x2 = (rot[..., :half], rot[..., half:]) if neox_style else (rot[..., 0::2], rot[..., 1::2])
+    a, b = x1.float(), x2.float()
+    y1 = a * cos - b * sin
+    y2 = b * cos + a * sin
+    x1.copy_(y1)  # copy_ rounds to x's dtype and writes through the (strided) views
+    x2.copy_(y2)
 
 
 def rotary_ref(q, k, positions, cos_sin_cache, neox_style=True):
     """Torch path: vectorised over tokens and heads, in place."""
     _check_rotary_args(q, k, positions, cos_sin_cache)
-    cos, sin = cos_sin_cache[positions.long()].float().chunk(2, dim=-1)  # [T, rot/2] each
-    _rotate_ref(q, cos[:, None, :], sin[:, None, :], neox_style)
-    _rotate_ref(k, cos[:, None, :], sin[:, None, :], neox_style)
+    cos, sin = cos_sin_cache.index_select(0, positions.long()).float().chunk(2, dim=-1)  # [T, rot/2] each
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    _rotate_ref(q, cos, sin, neox_style)
+    _rotate_ref(k, cos, sin, neox_style)
     return q, k
 
 
