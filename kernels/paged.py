@@ -239,6 +239,8 @@ def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, *, scale=No
     if batch == 0:
         return torch.empty_like(q)
     nb, block_size, hkv, _ = k_cache.shape
+    if batch == 1 and position_bias is None and seq_lens.device.type == "cpu":
+        return _paged_one_sequence(q, k_cache, v_cache, block_tables, int(seq_lens[0]), scale)
     tables = block_tables.long().clamp(0, nb - 1)
     k = k_cache[tables].reshape(batch, -1, hkv, d).transpose(1, 2)  # [B, Hkv, ctx, D]
     v = v_cache[tables].reshape(batch, -1, hkv, d).transpose(1, 2)
@@ -253,6 +255,17 @@ def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, *, scale=No
     o = F.scaled_dot_product_attention(q[:, :, None, :], k, v, attn_mask=mask, scale=scale,
                                        enable_gqa=hq != hkv)[:, :, 0]
     return torch.where(has_keys[:, None, None], o, 0.0)
+
+
+def _paged_one_sequence(q, k_cache, v_cache, block_tables, seq_len: int, scale):
+    """One decoding sequence (single-stream serving): its blocks cut to its length, SDPA with no mask."""
+    if seq_len == 0:
+        return torch.zeros_like(q)
+    nb, block_size, hkv, d = k_cache.shape
+    blocks = block_tables[0, : -(-seq_len // block_size)].long()
+    k = k_cache[blocks].reshape(-1, hkv, d)[:seq_len].transpose(0, 1)[None]  # [1, Hkv, L, D]
+    v = v_cache[blocks].reshape(-1, hkv, d)[:seq_len].transpose(0, 1)[None]
+    return F.scaled_dot_product_attention(q[:, :, None, :], k, v, scale=scale, enable_gqa=q.shape[1] != hkv)[:, :, 0]
 
 
 def _check_store_args(k, v, k_cache, v_cache, slot_mapping):

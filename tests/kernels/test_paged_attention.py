@@ -120,3 +120,16 @@ def test_paged_rejects_bad_input(impl, device):
         STORE[impl](q[:, :2], q[:, :2], k_cache, k_cache.clone(), torch.zeros(3, dtype=torch.long, device=device))
     with pytest.raises(ValueError, match="slot_mapping: slots must be <"):
         STORE[impl](q[:, :2], q[:, :2], k_cache, k_cache.clone(), torch.tensor([0, 64], device=device))
+
+
+@pytest.mark.parametrize("seq_len", [0, 1, 16, 17, 100])
+def test_paged_single_sequence_path(impl, device, seq_len):
+    """Batch 1 (single-stream decode) takes its own path on the torch backend: same answer."""
+    g = torch.Generator().manual_seed(seq_len)
+    k_cache = rand(10, 16, 2, 64, dtype=torch.float32, device=device, generator=g)
+    v_cache = rand(10, 16, 2, 64, dtype=torch.float32, device=device, generator=g)
+    tables = torch.tensor([[7, 2, 9, 0, 4, 5, 1]], dtype=torch.int32, device=device)
+    lens = torch.tensor([seq_len], dtype=torch.int32, device=device)
+    q = rand(1, 8, 64, dtype=torch.float32, device=device, generator=g)
+    out = PAGED[impl](q, k_cache, v_cache, tables, lens)
+    assert_close(out, paged_f64(q, k_cache, v_cache, tables, lens, 1 / 8), torch.float32)
