@@ -63,7 +63,7 @@ def main(argv=None) -> int:
                        "added_rss_mb": statistics.median(r["added_rss_mb"] for r in runs),
                        "weights_mb": runs[0]["weights_mb"]}
     t, k = rows["transformers"], rows["kernelserve"]
-    lines = [f"# Loading SmolLM2-135M-Instruct (GGUF Q4_1 -> fp32)", "",
+    lines = ["# Loading SmolLM2-135M-Instruct (GGUF Q4_1 -> fp32)", "",
              f"{platform.node()} · {os.cpu_count()} cores · median of {args.repeats} fresh processes each", "",
              "| loader | load s | added peak RSS MiB | RSS / fp32 weights |", "|---|---:|---:|---:|"]
     for name, r in rows.items():

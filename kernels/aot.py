@@ -27,7 +27,6 @@ from . import flash_attention, gemm, norms, paged, rope
 
 # usable shared memory per block (opt-in maximum)
 SHARED_LIMIT = {90: 232_448, 80: 166_912}
-_TYPE = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 DTYPES = ("fp32", "fp16", "bf16")
 DTYPE_OF = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 

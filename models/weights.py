@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import torch
@@ -45,11 +45,6 @@ class CheckpointRules:
 
     def is_transposed(self, key: str) -> bool:
         return any(re.search(p, key) for p in self.transposed)
-
-
-@dataclass
-class _Progress:
-    filled: dict[str, set] = field(default_factory=dict)
 
 
 def load_weights(model: nn.Module, tensors: Iterable[NamedTensor], rules: CheckpointRules,

@@ -5,7 +5,7 @@ from models import ChatTemplateError, Tokenizer
 from service.engine import SamplingParams
 
 from .errors import bad_request
-from .protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, SamplingFields
+from .protocol import ChatCompletionRequest, ChatMessage, SamplingFields
 
 MAX_LOGPROBS = 20
 

@@ -1,7 +1,7 @@
 """Per-sequence text state: incremental detokenisation and stop strings across token boundaries."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from models import IncrementalDetokenizer, Tokenizer
 

@@ -1,7 +1,7 @@
 """What a request asks of generation: the engine-side twin of the OpenAI request fields."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,3 @@ class SamplingParams:
     @property
     def max_stop_len(self) -> int:
         return max((len(s) for s in self.stop), default=0)
-
-
-@dataclass(frozen=True)
-class PoolingParams:
-    """An embedding request's options."""
-    dimensions: int | None = None
-    extra: dict = field(default_factory=dict)

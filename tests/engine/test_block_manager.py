@@ -1,7 +1,6 @@
 """Block manager and scheduler without a model: plain Python over Sequence objects."""
 from __future__ import annotations
 
-import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule

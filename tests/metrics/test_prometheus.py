@@ -1,7 +1,6 @@
 """Metric names and types, and a real Prometheus server scraping a live kernelserve."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import socket
