@@ -241,9 +241,10 @@ def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, *, scale=No
     nb, block_size, hkv, _ = k_cache.shape
     if batch == 1 and position_bias is None and seq_lens.device.type == "cpu":
         return _paged_one_sequence(q, k_cache, v_cache, block_tables, int(seq_lens[0]), scale)
-    tables = block_tables.long().clamp(0, nb - 1)
-    k = k_cache[tables].reshape(batch, -1, hkv, d).transpose(1, 2)  # [B, Hkv, ctx, D]
-    v = v_cache[tables].reshape(batch, -1, hkv, d).transpose(1, 2)
+    # index_select copies whole blocks: several times faster on the CPU than advanced indexing
+    tables = block_tables.long().clamp(0, nb - 1).flatten()
+    k = k_cache.index_select(0, tables).view(batch, -1, hkv, d).transpose(1, 2)  # [B, Hkv, ctx, D]
+    v = v_cache.index_select(0, tables).view(batch, -1, hkv, d).transpose(1, 2)
     positions = torch.arange(k.shape[2], device=q.device)
     visible = positions[None, :] < seq_lens[:, None]  # [B, ctx]
     has_keys = visible.any(-1)
@@ -263,8 +264,8 @@ def _paged_one_sequence(q, k_cache, v_cache, block_tables, seq_len: int, scale):
         return torch.zeros_like(q)
     nb, block_size, hkv, d = k_cache.shape
     blocks = block_tables[0, : -(-seq_len // block_size)].long()
-    k = k_cache[blocks].reshape(-1, hkv, d)[:seq_len].transpose(0, 1)[None]  # [1, Hkv, L, D]
-    v = v_cache[blocks].reshape(-1, hkv, d)[:seq_len].transpose(0, 1)[None]
+    k = k_cache.index_select(0, blocks).view(-1, hkv, d)[:seq_len].transpose(0, 1)[None]  # [1, Hkv, L, D]
+    v = v_cache.index_select(0, blocks).view(-1, hkv, d)[:seq_len].transpose(0, 1)[None]
     return F.scaled_dot_product_attention(q[:, :, None, :], k, v, scale=scale, enable_gqa=q.shape[1] != hkv)[:, :, 0]
 
 
