@@ -26,6 +26,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import kernels  # noqa: E402
+from benchmarks.report import publish  # noqa: E402
 from kernels.paged import paged_attention_ref  # noqa: E402
 
 
@@ -187,13 +188,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{triton.__version__} · CUDA {torch.version.cuda} · {platform.node()}\n\n"
               f"Measured ceilings: copy {copy_gbs:.0f} GB/s (read + write), bf16 matmul {mm_tflops:.0f} TFLOP/s.\n"
               f"Times are `triton.testing.do_bench` medians.\n\n")
-    table = format_table(rows, copy_gbs, mm_tflops)
-    print(header + table)
     slug = "".join(ch if ch.isalnum() else "-" for ch in gpu.lower()).strip("-")
     path = args.output or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"kernels-{slug}.md")
-    with open(path, "w") as f:
-        f.write(header + table + "\n")
-    print(f"\nwrote {path}")
+    publish(header + format_table(rows, copy_gbs, mm_tflops), path)
     return 0
 
 

@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results", "model-load.md"))
     args = parser.parse_args(argv)
     sys.path.insert(0, ROOT)
+    from benchmarks.report import publish
     from models import default_model_sources
 
     path = default_model_sources()["HuggingFaceTB/SmolLM2-135M-Instruct"]
@@ -71,10 +72,7 @@ def main(argv=None) -> int:
     lines += ["", f"kernelserve / transformers load time: {k['seconds'] / t['seconds']:.2f}x (target < 2x); "
               f"fp32 weights {k['weights_mb']:.0f} MiB; kernelserve peak RSS added {k['added_rss_mb'] / k['weights_mb']:.2f}x "
               "the weights (target < 1.5x)"]
-    text = "\n".join(lines)
-    print(text)
-    with open(args.output, "w") as f:
-        f.write(text + "\n")
+    publish("\n".join(lines), args.output)
     return 0
 
 

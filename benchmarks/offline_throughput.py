@@ -24,6 +24,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.report import publish  # noqa: E402
 from models import load_model  # noqa: E402
 from service.engine import EngineConfig, LLMEngine, SamplingParams  # noqa: E402
 
@@ -102,10 +103,7 @@ def main(argv=None) -> int:
     growth = (max(rss) - min(rss)) / min(rss)
     lines += ["", f"Peak RSS after each of three fp32 engine repeats: {', '.join(f'{r:.0f}' for r in rss)} MiB "
               f"(spread {growth:.1%}; target within 5%)."]
-    text = "\n".join(lines)
-    print(text)
-    with open(args.output, "w") as f:
-        f.write(text + "\n")
+    publish("\n".join(lines), args.output)
     return 0
 
 

@@ -23,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks.peers.run import start, stop  # noqa: E402
+from benchmarks.report import publish  # noqa: E402
 from benchmarks.serve import load_prompts  # noqa: E402
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -78,9 +79,7 @@ def main(argv=None) -> int:
         f"| HTTP streaming through kernelserve serve | {http['output_throughput']:.1f} |", "",
         f"Overhead: {overhead:.1%} (target < 10%). HTTP TTFT p50 {http['ttft']['median_ms']:.0f} ms, "
         f"ITL p50 {http['itl']['median_ms']:.1f} ms."])
-    print(text)
-    with open(os.path.join(ROOT, "benchmarks", "results", "serving-overhead.md"), "w") as f:
-        f.write(text + "\n")
+    publish(text, os.path.join(ROOT, "benchmarks", "results", "serving-overhead.md"))
     return 0
 
 

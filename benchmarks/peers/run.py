@@ -25,6 +25,8 @@ import time
 
 import httpx
 
+from benchmarks.report import publish
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CACHE = os.path.join(ROOT, ".cache", "peers")
 VENV = os.path.join(CACHE, "vllm-venv")
@@ -136,12 +138,8 @@ def main(argv=None) -> int:
                 results[label][c] = bench(label, port, c, args, out_dir)
         finally:
             stop(proc)
-    text = table(results, args)
-    print(text)
     stamp = datetime.date.today().isoformat()
-    path = os.path.join(ROOT, "benchmarks", "results", f"peers-{stamp}.md")
-    with open(path, "w") as f:
-        f.write(text + "\n")
+    publish(table(results, args), os.path.join(ROOT, "benchmarks", "results", f"peers-{stamp}.md"))
     files = [os.path.join(out_dir, f) for f in sorted(os.listdir(out_dir)) if f.endswith(".json")]
     subprocess.run([sys.executable, "-m", "benchmarks.serve", "--plot",
                     os.path.join(ROOT, "benchmarks", "results", f"peers-{stamp}.png"), *files], cwd=ROOT)

@@ -52,19 +52,14 @@ async def start_generation(served: ServedModel, request_id: str, prompt_ids: lis
         raise APIError(500, str(err), code="engine_error") from None
 
     async def chained():
-        yield first
-        async for out in stream:
-            yield out
+        try:
+            yield first
+            async for out in stream:
+                yield out
+        finally:  # closing early (client gone) aborts the engine request
+            await stream.aclose()
 
-    return _closing(chained(), stream)
-
-
-async def _closing(gen, inner):
-    try:
-        async for item in gen:
-            yield item
-    finally:
-        await inner.aclose()
+    return chained()
 
 
 async def until_disconnect(request: Request, work):

@@ -235,7 +235,7 @@ class LLMEngine:
         req.times.last_token = now
         seq.output_token_ids.append(token)
         self.counters.generation_tokens += 1
-        news = req.pending.setdefault(seq.seq_id, CompletionOutput(seq.index, "", [], [] if seq.params.logprobs is not None else None))
+        news = req.pending.setdefault(seq.seq_id, CompletionOutput.empty(seq.index, seq.params.logprobs is not None))
         news.token_ids.append(token)
         if logprob is not None:
             news.logprobs.append(TokenLogprob(token, logprob[0], logprob[1]))
@@ -265,7 +265,7 @@ class LLMEngine:
         text = req.texts[seq.seq_id]
         if reason is not FinishReason.STOP or text.stop_reason is None:
             text.finish()
-        news = req.pending.setdefault(seq.seq_id, CompletionOutput(seq.index, "", [], [] if seq.params.logprobs is not None else None))
+        news = req.pending.setdefault(seq.seq_id, CompletionOutput.empty(seq.index, seq.params.logprobs is not None))
         news.finish_reason = reason.value
         news.stop_reason = text.stop_reason if text.stop_reason is not None else stop
         self.counters.finished[reason.value] = self.counters.finished.get(reason.value, 0) + 1
@@ -311,7 +311,7 @@ class LLMEngine:
         while self.has_unfinished():
             for out in self.step():
                 for o in out.outputs:
-                    acc = joined[out.request_id].setdefault(o.index, CompletionOutput(o.index, "", [], [] if o.logprobs is not None else None))
+                    acc = joined[out.request_id].setdefault(o.index, CompletionOutput.empty(o.index, o.logprobs is not None))
                     acc.text += o.text
                     acc.token_ids += o.token_ids
                     if o.logprobs is not None:

@@ -83,12 +83,14 @@ class ModelRunner:
     def _metadata(self, out: SchedulerOutput) -> tuple[list[int], list[int], AttentionMetadata]:
         tokens, positions, slots, kv_slots = [], [], [], []
         q_lens, k_lens = [], []
+        has_prefix = any(c.start > 0 for c in out.prefills)
         for c in out.prefills:
             ids = c.seq.token_ids
             tokens += ids[c.start:c.end]
             positions += range(c.start, c.end)
             slots += self._slots(c.seq, c.start, c.end)
-            kv_slots += self._slots(c.seq, 0, c.end)
+            if has_prefix:  # keys are read back from the cache only when some prefix was cached
+                kv_slots += self._slots(c.seq, 0, c.end)
             q_lens.append(c.end - c.start)
             k_lens.append(c.end)
         for seq in out.decodes:
@@ -102,7 +104,6 @@ class ModelRunner:
             decode_tables = torch.tensor([s.block_table + [0] * (width - len(s.block_table)) for s in out.decodes],
                                          dtype=torch.int32, device=dev)
             decode_lens = torch.tensor([len(s) for s in out.decodes], dtype=torch.int32, device=dev)
-        has_prefix = any(c.start > 0 for c in out.prefills)
         meta = AttentionMetadata(
             num_prefill_tokens=sum(q_lens), cu_seqlens_q=cu_seqlens(q_lens, dev), cu_seqlens_k=cu_seqlens(k_lens, dev),
             max_seqlen_q=max(q_lens, default=0), max_seqlen_k=max(k_lens, default=0),

@@ -21,6 +21,10 @@ class CompletionOutput:
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     stop_reason: str | int | None = None  # the stop string or token that ended it
 
+    @staticmethod
+    def empty(index: int, with_logprobs: bool) -> "CompletionOutput":
+        return CompletionOutput(index, "", [], [] if with_logprobs else None)
+
 
 @dataclass
 class RequestTimes:

@@ -6,10 +6,8 @@ import torch
 
 from service.engine import EngineConfig, LLMEngine, SamplingParams
 
-from models import load_model
-
 from ..models.test_encoder_decoder import PROMPTS as ENCDEC_PROMPTS
-from ..models.test_encoder_decoder import bart, t5
+from ..models.test_encoder_decoder import random_seq2seq
 
 BEAMS = SamplingParams(use_beam_search=True, beam_width=4, n=2, max_tokens=12, temperature=0,
                        skip_special_tokens=False)
@@ -47,21 +45,15 @@ def test_smollm2_beam_search_matches_transformers(smollm):
 def peaked_pair(request, tmp_path_factory, smollm):
     """Random T5 / BART with larger random weights: peaked, varied distributions. (A freshly
     initialised model is near-degenerate: many beams tie to 1e-5 and rounding picks among them.)"""
-    from transformers import AutoModelForSeq2SeqLM
-
-    cfg = bart() if request.param == "bart" else t5("gated-gelu")
-    torch.manual_seed(3)
-    hf = AutoModelForSeq2SeqLM.from_config(cfg).eval()
-    with torch.no_grad():
+    def widen(hf):
         for p in hf.parameters():
             if p.dim() == 2:
                 p.normal_(0, 2.0 / p.shape[1] ** 0.5)
             else:
                 p.add_(torch.randn_like(p) * 0.5)
-    folder = tmp_path_factory.mktemp(request.param + "-peaked")
-    hf.save_pretrained(folder)
-    smollm.tokenizer.backend.save(str(folder / "tokenizer.json"))
-    return load_model(str(folder)), hf
+
+    return random_seq2seq(request.param, tmp_path_factory.mktemp(request.param + "-peaked"), smollm.tokenizer, 3,
+                          widen)
 
 
 def test_encoder_decoder_beam_search_matches_transformers(peaked_pair):

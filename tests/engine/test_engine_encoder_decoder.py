@@ -4,23 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import load_model
 from service.engine import EngineConfig, LLMEngine, SamplingParams
 
-from ..models.test_encoder_decoder import PROMPTS, bart, t5
+from ..models.test_encoder_decoder import PROMPTS, random_seq2seq
 
 
 @pytest.fixture(scope="module", params=["t5-gated-gelu", "bart"])
 def pair(request, tmp_path_factory, smollm):
-    from transformers import AutoModelForSeq2SeqLM
-
-    cfg = bart() if request.param == "bart" else t5("gated-gelu")
-    torch.manual_seed(1)
-    hf = AutoModelForSeq2SeqLM.from_config(cfg).eval()
-    folder = tmp_path_factory.mktemp(request.param)
-    hf.save_pretrained(folder)
-    smollm.tokenizer.backend.save(str(folder / "tokenizer.json"))
-    return load_model(str(folder)), hf
+    return random_seq2seq(request.param, tmp_path_factory.mktemp(request.param), smollm.tokenizer, 1)
 
 
 def test_engine_batch_matches_transformers_greedy(pair):

@@ -34,23 +34,35 @@ def bart():
                       forced_eos_token_id=None)
 
 
-@pytest.fixture(scope="module", params=["t5-relu", "t5-gated-gelu", "bart"])
-def pair(request, tmp_path_factory, byte_bpe_tokenizer):
+def noisy_norms_and_biases(hf) -> None:
+    """Fresh norms are 1 and biases 0: randomise them (and T5's bias table) so they are exercised."""
+    for name, p in hf.named_parameters():
+        if p.dim() == 1 or "relative_attention_bias" in name:
+            p.add_(torch.randn_like(p) * 0.5)
+    if hasattr(hf, "final_logits_bias"):
+        hf.final_logits_bias.normal_(0, 0.5)
+
+
+def random_seq2seq(kind: str, folder, tokenizer, seed: int, perturb=None):
+    """A random "t5-relu" / "t5-gated-gelu" / "bart" saved in ``folder`` with ``tokenizer``:
+    (kernelserve's load of it, the transformers model)."""
     from transformers import AutoModelForSeq2SeqLM
 
-    cfg = bart() if request.param == "bart" else t5(request.param.removeprefix("t5-"))
-    torch.manual_seed(0)
+    cfg = bart() if kind == "bart" else t5(kind.removeprefix("t5-"))
+    torch.manual_seed(seed)
     hf = AutoModelForSeq2SeqLM.from_config(cfg).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if p.dim() == 1 or "relative_attention_bias" in name:
-                p.add_(torch.randn_like(p) * 0.5)
-        if request.param == "bart":
-            hf.final_logits_bias.normal_(0, 0.5)
-    folder = tmp_path_factory.mktemp(request.param)
+    if perturb is not None:
+        with torch.no_grad():
+            perturb(hf)
     hf.save_pretrained(folder)
-    byte_bpe_tokenizer.backend.save(str(folder / "tokenizer.json"))
-    ours = load_model(str(folder))
+    tokenizer.backend.save(str(folder / "tokenizer.json"))
+    return load_model(str(folder)), hf
+
+
+@pytest.fixture(scope="module", params=["t5-relu", "t5-gated-gelu", "bart"])
+def pair(request, tmp_path_factory, byte_bpe_tokenizer):
+    ours, hf = random_seq2seq(request.param, tmp_path_factory.mktemp(request.param), byte_bpe_tokenizer, 0,
+                              noisy_norms_and_biases)
     assert ours.is_encoder_decoder and ours.kind == "generate"
     return ours, hf
 
