@@ -3,8 +3,9 @@ from .async_engine import AsyncEngine, EngineDead, QueueFull
 from .config import EngineConfig
 from .embedding import EmbeddingEngine
 from .engine import LLMEngine, RequestError
+from .faults import RequestFailed
 from .outputs import CompletionOutput, RequestOutput, TokenLogprob
 from .sampling_params import SamplingParams
 
 __all__ = ["AsyncEngine", "CompletionOutput", "EmbeddingEngine", "EngineConfig", "EngineDead", "LLMEngine",
-           "QueueFull", "RequestError", "RequestOutput", "SamplingParams", "TokenLogprob"]
+           "QueueFull", "RequestError", "RequestFailed", "RequestOutput", "SamplingParams", "TokenLogprob"]

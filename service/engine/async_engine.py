@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 
 from .engine import LLMEngine, RequestError
+from .faults import RequestFailed, describe, is_unrecoverable
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
 
@@ -110,16 +111,24 @@ class AsyncEngine:
 
     # -- engine thread ----------------------------------------------------------------------
     def _loop(self) -> None:
+        """The step loop. ``engine.step()`` isolates request faults itself; what reaches here is
+        unrecoverable (a poisoned device) or a bug in this loop: fail every request, mark the engine
+        dead (``/health`` answers 503 so an orchestrator restarts the process)."""
         try:
             while not self._stop.is_set():
                 self._drain_inbox(block=not self.engine.has_unfinished())
                 if self.engine.has_unfinished():
                     self._deliver(self.engine.step())
-        except BaseException as err:  # a bug in the engine: fail every request, keep the process up
+        except BaseException as err:
             log.exception("engine loop stopped")
             self._error = err
             for sink in self._sinks.values():
-                sink.put(EngineDead(f"engine stopped: {err}"))
+                sink.put(EngineDead(f"engine stopped: {describe(err)}"))
+            self._sinks.clear()
+
+    @property
+    def dead(self) -> bool:
+        return self._error is not None
 
     def _drain_inbox(self, block: bool) -> None:
         """Handle everything queued; wait briefly for the first item when the engine is idle."""
@@ -134,24 +143,38 @@ class AsyncEngine:
 
     def _handle(self, item) -> None:
         if isinstance(item, _Add):
-            try:
-                self.engine.add_request(item.request_id, item.prompt_token_ids, item.params)
-            except RequestError as err:
-                self._sinks.pop(item.request_id, None)
-                item.sink.put(err)
+            self._admit(item)
         elif isinstance(item, _Abort):
             out = self.engine.abort(item.request_id)
             if out is not None:
                 self._deliver([out])
             self._snapshot = self.engine.stats()
 
+    def _admit(self, item: _Add) -> None:
+        try:
+            self.engine.add_request(item.request_id, item.prompt_token_ids, item.params)
+        except RequestError as err:
+            self._sinks.pop(item.request_id, None)
+            item.sink.put(err)
+        except Exception as err:  # a bug reached by this request alone: it fails, the engine goes on
+            if is_unrecoverable(err):
+                raise
+            log.exception("admitting request %s failed", item.request_id)
+            self._sinks.pop(item.request_id, None)
+            item.sink.put(RequestFailed(item.request_id, f"request {item.request_id} failed during admission: "
+                                                         f"{describe(err)}"))
+
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         self._snapshot = self.engine.stats()
         if self.observer is not None:
-            self.observer(self.engine, outputs)
+            try:
+                self.observer(self.engine, outputs)
+            except Exception:  # metrics must never stop the engine
+                log.exception("engine observer failed")
         for out in outputs:
             sink = self._sinks.get(out.request_id)
-            if sink is not None:
-                sink.put(out)
-                if out.finished:
-                    del self._sinks[out.request_id]
+            if sink is None:
+                continue
+            sink.put(out if out.error is None else RequestFailed(out.request_id, out.error))
+            if out.finished:
+                del self._sinks[out.request_id]

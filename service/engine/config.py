@@ -15,11 +15,14 @@ class EngineConfig:
     max_model_len: int | None = None  # cap on prompt + output tokens; None: the model's own
     max_waiting_requests: int = 1024  # queue bound; more is refused (HTTP 429)
     enable_prefix_caching: bool = True
+    max_n: int = 16  # largest n / best_of one request may ask for (vLLM-like); bounds a request's sequences
 
     def __post_init__(self):
         if self.block_size not in (16, 32):
             raise ValueError(f"block_size must be 16 or 32, got {self.block_size}")
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
+        if self.max_n < 1:
+            raise ValueError("max_n must be at least 1")
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
             raise ValueError("kv_cache_memory must be positive")

@@ -18,6 +18,7 @@ from .beam import BeamState
 from .block_manager import BlockManager
 from .config import EngineConfig
 from .detokenize import TextState
+from .faults import RequestFailed, describe, is_unrecoverable
 from .model_runner import ModelRunner, kv_cache_blocks
 from .outputs import CompletionOutput, RequestOutput, RequestTimes, TokenLogprob
 from .sampler import sample
@@ -57,6 +58,7 @@ class EngineCounters:
     prompt_tokens: int = 0
     generation_tokens: int = 0
     finished: dict[str, int] = field(default_factory=dict)
+    failed: int = 0  # requests failed by an error inside the engine
 
 
 class LLMEngine:
@@ -79,21 +81,10 @@ class LLMEngine:
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Admit a request, or raise :class:`RequestError` (nothing of it is kept then)."""
         if request_id in self.requests:
             raise RequestError(f"request id {request_id!r} is already in use")
-        if not prompt_token_ids:
-            raise RequestError("the prompt is empty", param="prompt")
-        vocab = self.loaded.config.vocab_size
-        if any(not 0 <= t < vocab for t in prompt_token_ids):
-            raise RequestError(f"prompt token ids must be in [0, {vocab})", param="prompt")
-        if self.loaded.is_encoder_decoder:
-            self._check_encoder_input(prompt_token_ids, params)
-        elif len(prompt_token_ids) + params.max_tokens > self.max_model_len:
-            raise RequestError(
-                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
-                f"{len(prompt_token_ids) + params.max_tokens} tokens ({len(prompt_token_ids)} in the messages, "
-                f"{params.max_tokens} in the completion). Please reduce the length of the messages or completion.",
-                code="context_length_exceeded", param="messages")
+        self._check_request(prompt_token_ids, params)
         now = time.monotonic()
         count = 1 if params.use_beam_search else params.n  # beams grow from one sequence
         if self.loaded.is_encoder_decoder:  # the prompt feeds the encoder; the decoder starts from its start token
@@ -102,18 +93,61 @@ class LLMEngine:
                     for i in range(count)]
         else:
             seqs = [Sequence(request_id, i, list(prompt_token_ids), params, now) for i in range(count)]
+        # build everything first, then commit: a failure half way leaves no trace in the scheduler
         texts = {s.seq_id: TextState.create(self.loaded.tokenizer, s.prompt_token_ids, params) for s in seqs}
-        for s in seqs:
-            if params.seed is not None:
-                self.generators[s.seq_id] = torch.Generator(device=self.loaded.device).manual_seed(params.seed + s.index)
-            self.scheduler.add(s)
+        generators = {s.seq_id: self._generator(params.seed, s.index) for s in seqs if params.seed is not None}
         beam = None
         if params.use_beam_search:
             stops = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_ids)
             beam = BeamState(params, stops, scores={seqs[0].seq_id: 0.0})
         self.requests[request_id] = Request(request_id, list(prompt_token_ids), params, seqs, texts,
                                             RequestTimes(now), beam=beam)
+        self.generators.update(generators)
+        for s in seqs:
+            self.scheduler.add(s)
         self.counters.prompt_tokens += len(prompt_token_ids)
+
+    def _generator(self, seed: int, index: int) -> torch.Generator:
+        # torch takes seeds in [-2**63, 2**64): wrap so seed + index never overflows
+        return torch.Generator(device=self.loaded.device).manual_seed((seed + index) % 2**64)
+
+    def _check_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        if not prompt_token_ids:
+            raise RequestError("the prompt is empty", param="prompt")
+        vocab = self.loaded.config.vocab_size
+        if any(not 0 <= t < vocab for t in prompt_token_ids):
+            raise RequestError(f"prompt token ids must be in [0, {vocab})", param="prompt")
+        width = params.beam_width if params.use_beam_search else params.n
+        if width > self.config.max_n:
+            name = "best_of" if params.use_beam_search else "n"
+            raise RequestError(f"{name} must be at most {self.config.max_n} (the server's --max-n), got {width}",
+                               param=name)
+        if self.loaded.is_encoder_decoder:
+            self._check_encoder_input(prompt_token_ids, params)
+        elif len(prompt_token_ids) + params.max_tokens > self.max_model_len:
+            raise RequestError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{len(prompt_token_ids) + params.max_tokens} tokens ({len(prompt_token_ids)} in the messages, "
+                f"{params.max_tokens} in the completion). Please reduce the length of the messages or completion.",
+                code="context_length_exceeded", param="messages")
+        self._check_kv_capacity(len(prompt_token_ids), params, width)
+
+    def _check_kv_capacity(self, prompt_len: int, params: SamplingParams, width: int) -> None:
+        """Refuse a request whose sequences could never be in the KV cache together.
+
+        Beams advance in lockstep, and n samples are counted the same way (vLLM
+        schedules a request's sequences together): width x (prompt + max_tokens)
+        tokens, in blocks, must fit the whole cache, or the request would wait forever.
+        """
+        tokens = (1 if self.loaded.is_encoder_decoder else prompt_len) + params.max_tokens
+        per_seq = -(-tokens // self.config.block_size)
+        capacity = self.block_manager.num_blocks
+        if width * per_seq > capacity:
+            name = "best_of" if params.use_beam_search else "n"
+            raise RequestError(
+                f"{name}={width} sequences of up to {tokens} tokens need {width * per_seq} KV-cache blocks; "
+                f"the cache holds {capacity} ({capacity * self.config.block_size} tokens). Reduce {name} or "
+                "max_tokens.", code="context_length_exceeded", param="max_tokens")
 
     def _check_encoder_input(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         limit = self.loaded.max_model_len
@@ -129,35 +163,110 @@ class LLMEngine:
         req = self.requests.get(request_id)
         if req is None:
             return None
-        for seq in req.seqs:
-            if not seq.finished:
-                self._finish(req, seq, FinishReason.ABORT)
-        return self._report(req)
+        try:
+            for seq in req.seqs:
+                if not seq.finished:
+                    self._finish(req, seq, FinishReason.ABORT)
+            return self._report(req)
+        except Exception as err:  # an abort that breaks half way still frees everything
+            return self._fail_requests([req], "abort", err)[0]
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work()
 
     # -- the step -----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        out = self.scheduler.schedule()
+        """One iteration. An error fails the requests it belongs to and the step goes on;
+        only an unrecoverable one (a poisoned device) propagates."""
+        try:
+            out = self.scheduler.schedule()
+        except Exception as err:  # the scheduler's state is suspect: fail everyone it holds, keep serving
+            return self._fail_requests(list(self.requests.values()), "scheduling", err)
         if out.empty:
             return []
         now = time.monotonic()
         for chunk in out.prefills:
             req = self.requests[chunk.seq.request_id]
             req.times.scheduled = req.times.scheduled or now
-        logits, seqs = self.runner.run(out)
+        try:
+            logits, seqs = self.runner.run(out)
+        except Exception as err:  # nothing of this step reached the cache's prefix index: fail its requests
+            return self._fail_requests(self._requests_in(out), "the forward pass", err)
         self.scheduler.computed(out)
-        plain = [i for i, s in enumerate(seqs) if not s.params.use_beam_search]
-        if plain:
-            result = sample(logits[plain], [seqs[i] for i in plain], self.generators)
-            for i, token, lp in zip(plain, result.token_ids, result.logprobs):
-                self._append(seqs[i], token, lp)
+        failed = self._sample_plain(logits, seqs)
         for i, seq in enumerate(seqs):
-            if seq.params.use_beam_search:
-                self._beam_row(seq, logits[i])
-        touched = {s.request_id for s in seqs}
-        return [self._report(self.requests[r]) for r in touched if r in self.requests and self._reportable(r)]
+            if seq.params.use_beam_search and seq.request_id in self.requests:
+                self._isolated(seq.request_id, "beam search", self._beam_row, seq, logits[i], failed=failed)
+        touched = {s.request_id for s in seqs} - set(failed)
+        return list(failed.values()) + [self._report(self.requests[r]) for r in touched
+                                        if r in self.requests and self._reportable(r)]
+
+    def _sample_plain(self, logits: torch.Tensor, seqs: list[Sequence]) -> dict[str, RequestOutput]:
+        """Sample and append for the non-beam rows; returns the outputs of requests that failed."""
+        failed: dict[str, RequestOutput] = {}
+        plain = [i for i, s in enumerate(seqs) if not s.params.use_beam_search]
+        if not plain:
+            return failed
+        try:
+            result = sample(logits[plain], [seqs[i] for i in plain], self.generators)
+            picks = list(zip(plain, result.token_ids, result.logprobs))
+        except Exception as err:
+            if is_unrecoverable(err):
+                raise
+            picks = self._sample_one_by_one(logits, seqs, plain, failed)
+        for i, token, lp in picks:
+            seq = seqs[i]
+            if seq.request_id in self.requests and not seq.finished:
+                self._isolated(seq.request_id, "detokenisation", self._append, seq, token, lp, failed=failed)
+        return failed
+
+    def _sample_one_by_one(self, logits, seqs, rows, failed) -> list:
+        """The batch failed to sample: find the rows that fail alone and fail their requests."""
+        picks = []
+        for i in rows:
+            seq = seqs[i]
+            if seq.request_id in failed:
+                continue
+            result = self._isolated(seq.request_id, "sampling", sample, logits[i:i + 1], [seq], self.generators,
+                                    failed=failed)
+            if result is not None:
+                picks.append((i, result.token_ids[0], result.logprobs[0]))
+        return picks
+
+    def _isolated(self, request_id: str, stage: str, fn, *args, failed: dict[str, RequestOutput]):
+        """``fn(*args)``; if it raises, fail request ``request_id`` (recorded in ``failed``) and return None."""
+        try:
+            return fn(*args)
+        except Exception as err:
+            if is_unrecoverable(err):
+                raise
+            failed.update((o.request_id, o) for o in self._fail_requests([self.requests[request_id]], stage, err))
+            return None
+
+    def _requests_in(self, out) -> list[Request]:
+        ids = dict.fromkeys([c.seq.request_id for c in out.prefills] + [s.request_id for s in out.decodes])
+        return [self.requests[r] for r in ids if r in self.requests]
+
+    def _fail_requests(self, reqs: list[Request], stage: str, err: Exception) -> list[RequestOutput]:
+        """Fail ``reqs`` (free their blocks, forget them) because of ``err``; re-raise it if unrecoverable."""
+        if is_unrecoverable(err):
+            raise err
+        log.error("%s failed for %d request(s) %s", stage, len(reqs), ", ".join(r.request_id for r in reqs),
+                  exc_info=err)
+        outputs = []
+        for req in reqs:
+            for seq in req.seqs:
+                if not seq.finished:
+                    self.scheduler.finish(seq, FinishReason.ERROR)
+                    self.runner.release(seq)
+                    self.generators.pop(seq.seq_id, None)
+            self.requests.pop(req.request_id, None)
+            self.counters.failed += 1
+            message = f"request {req.request_id} failed during {stage}: {describe(err)}"
+            outputs.append(RequestOutput(req.request_id, req.prompt_token_ids, [], True, times=req.times,
+                                         num_generated_tokens=sum(len(s.output_token_ids) for s in req.seqs),
+                                         error=message))
+        return outputs
 
     def _reportable(self, request_id: str) -> bool:
         req = self.requests[request_id]
@@ -308,8 +417,11 @@ class LLMEngine:
         for rid, prompt, p in zip(ids, prompts, params):
             self.add_request(rid, prompt, p)
         joined: dict[str, dict[int, CompletionOutput]] = {rid: {} for rid in ids}
+        errors: list[RequestFailed] = []
         while self.has_unfinished():
             for out in self.step():
+                if out.error is not None:
+                    errors.append(RequestFailed(out.request_id, out.error))
                 for o in out.outputs:
                     acc = joined[out.request_id].setdefault(o.index, CompletionOutput.empty(o.index, o.logprobs is not None))
                     acc.text += o.text
@@ -317,4 +429,6 @@ class LLMEngine:
                     if o.logprobs is not None:
                         acc.logprobs += o.logprobs
                     acc.finish_reason, acc.stop_reason = o.finish_reason, o.stop_reason
+        if errors:  # the others ran to completion first
+            raise errors[0]
         return [[joined[rid][i] for i in sorted(joined[rid])] for rid in ids]

@@ -18,7 +18,7 @@ class CompletionOutput:
     text: str
     token_ids: list[int]
     logprobs: list[TokenLogprob] | None = None
-    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
     stop_reason: str | int | None = None  # the stop string or token that ended it
 
     @staticmethod
@@ -44,6 +44,7 @@ class RequestOutput:
     num_cached_tokens: int = 0
     times: RequestTimes | None = None
     num_generated_tokens: int = 0  # across the request's sequences, so far
+    error: str | None = None  # set when the engine failed this request (it is then finished)
 
 
 @dataclass

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -35,7 +37,9 @@ class SamplingParams:
             (self.max_tokens >= 1, "max_tokens must be at least 1"),
             (self.temperature >= 0, "temperature must be non-negative"),
             (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (self.top_k >= -1, "top_k must be -1, 0 (no limit) or positive"),
+            (-1 <= self.top_k <= INT64_MAX, "top_k must be -1, 0 (no limit) or a positive 64-bit integer"),
+            (self.seed is None or INT64_MIN <= self.seed <= INT64_MAX, "seed must be a 64-bit signed integer"),
+            (self.beam_width >= 1, "best_of must be at least 1"),
             (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
             (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]"),
             (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),

@@ -18,6 +18,7 @@ class FinishReason(str, enum.Enum):
     STOP = "stop"  # EOS, a stop token or a stop string
     LENGTH = "length"  # max_tokens or the model's context
     ABORT = "abort"  # cancelled by the client
+    ERROR = "error"  # failed inside the engine (the other requests go on)
 
 
 _ids = itertools.count()
