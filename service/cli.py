@@ -50,6 +50,8 @@ def serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="cap on prompt + completion tokens (default: the model's)")
     add("--max-waiting-requests", type=int, default=int(_env("max_waiting_requests", 1024)),
         help="waiting requests before answering 429 (default 1024)")
+    add("--max-n", type=int, default=int(_env("max_n", 16)),
+        help="largest n (and best_of for beam search) one request may ask for (default 16)")
     add("--max-request-bytes", type=parse_bytes, default=parse_bytes(_env("max_request_bytes", "1MiB")),
         help="largest request body before answering 413 (default 1MiB)")
     add("--shutdown-timeout", type=float, default=float(_env("shutdown_timeout", 30)),
@@ -89,7 +91,7 @@ def _load_all(args, state, metrics) -> None:
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
     config = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                           kv_cache_memory=args.kv_cache_memory, max_model_len=args.max_model_len,
-                          max_waiting_requests=args.max_waiting_requests)
+                          max_waiting_requests=args.max_waiting_requests, max_n=args.max_n)
     registry = ModelRegistry()
     from kernels import backend_for
     from service import __version__

@@ -1,40 +1,28 @@
 """The FastAPI application: routes stay thin; serving.py does the work."""
 from __future__ import annotations
 
-import hmac
-import time
-from dataclasses import dataclass
+import logging
 from typing import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from models import ChatTemplateError
 from service import __version__
+from service.engine import RequestFailed
 from service.metrics import Metrics
 
-from .errors import APIError, error_response, install_error_handlers
+from .convert import message_dicts, reject_invalid_unicode
+from .errors import ERROR_RESPONSES, APIError, document_errors, error_response, install_error_handlers
+from .gatekeeper import Gatekeeper, ServerState
 from .protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest, ModelCard,
                        ModelList, TokenizeRequest)
 from .registry import ModelRegistry
-from .serving import OpenAIServing
+from .serving import OpenAIServing, guarded_stream
 
-PROTECTED = ("/v1/", "/tokenize", "/detokenize")
-OPEN = ("/health", "/metrics", "/version", "/docs", "/openapi.json", "/redoc")
-
-
-@dataclass
-class ServerState:
-    """Readiness and draining, shared by the routes and the server's signal handling."""
-    registry: ModelRegistry | None = None  # None while the models load
-    draining: bool = False
-    api_key: str | None = None
-    max_request_bytes: int = 1 << 20
-
-
-def _route_name(request: Request) -> str:
-    route = request.scope.get("route")
-    return getattr(route, "path", "unmatched")
+log = logging.getLogger("kernelserve.api")
+__all__ = ["ServerState", "build_app"]
 
 
 def build_app(state: ServerState, metrics: Metrics) -> FastAPI:
@@ -42,22 +30,19 @@ def build_app(state: ServerState, metrics: Metrics) -> FastAPI:
                   description="OpenAI-compatible inference on fused Triton kernels")
     app.state.server = state
     install_error_handlers(app)
+    document_errors(app)
     serving: Callable[[], OpenAIServing] = lambda: OpenAIServing(_registry(state))
+    app.add_middleware(Gatekeeper, state=state, metrics=metrics)
 
-    @app.middleware("http")
-    async def gatekeeper(request: Request, call_next):
-        start = time.monotonic()
-        response = await _admit(request, state) or await call_next(request)
-        metrics.http_requests.labels(_route_name(request), request.method, str(response.status_code)).inc()
-        metrics.http_latency.labels(_route_name(request), request.method).observe(time.monotonic() - start)
-        return response
-
-    @app.get("/health")
+    @app.get("/health", responses=ERROR_RESPONSES)
     async def health():
         if state.registry is None:
             return error_response(503, "loading models", "not_ready")
         if state.draining:
             return error_response(503, "shutting down", "draining")
+        dead = state.registry.dead
+        if dead:  # an orchestrator restarts the pod
+            return error_response(503, f"engine stopped for {', '.join(dead)}", "engine_dead")
         return JSONResponse({"status": "ok"})
 
     @app.get("/version")
@@ -68,36 +53,39 @@ def build_app(state: ServerState, metrics: Metrics) -> FastAPI:
     async def prometheus_metrics():
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=ERROR_RESPONSES)
     async def list_models():
         return ModelList(data=[_card(m) for m in _registry(state).models.values()])
 
-    @app.get("/v1/models/{model_id:path}")
+    @app.get("/v1/models/{model_id:path}", responses=ERROR_RESPONSES)
     async def get_model(model_id: str):
         return _card(_registry(state).get(model_id))
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=ERROR_RESPONSES)
     async def chat(req: ChatCompletionRequest, request: Request):
-        return _respond(await serving().chat(req, request))
+        return _respond(await serving().chat(req, request), request)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=ERROR_RESPONSES)
     async def completions(req: CompletionRequest, request: Request):
-        return _respond(await serving().completion(req, request))
+        return _respond(await serving().completion(req, request), request)
 
-    @app.post("/v1/embeddings")
+    @app.post("/v1/embeddings", responses=ERROR_RESPONSES)
     async def embeddings(req: EmbeddingRequest, request: Request):
         result = await serving().embeddings(req, request)
         metrics.embedding_requests.labels(result["model"]).inc()
         return result
 
-    @app.post("/tokenize")
+    @app.post("/tokenize", responses=ERROR_RESPONSES)
     async def tokenize(req: TokenizeRequest):
         served = _registry(state).get(req.model)
         tok = served.loaded.tokenizer
+        reject_invalid_unicode(req.model_dump(exclude_none=True))
         if req.messages is not None:
-            from .convert import message_dicts
-
-            text = tok.apply_chat_template(message_dicts(req.messages), add_generation_prompt=req.add_generation_prompt)
+            try:
+                text = tok.apply_chat_template(message_dicts(req.messages),
+                                               add_generation_prompt=req.add_generation_prompt)
+            except ChatTemplateError as err:
+                raise APIError(400, f"chat template of `{served.name}`: {err}", param="messages") from None
             ids = tok.encode(text, add_special_tokens=False)
         elif req.prompt is not None:
             ids = tok.encode(req.prompt, add_special_tokens=req.add_special_tokens)
@@ -105,7 +93,7 @@ def build_app(state: ServerState, metrics: Metrics) -> FastAPI:
             raise APIError(400, "give either prompt or messages", param="prompt")
         return {"tokens": ids, "count": len(ids), "max_model_len": served.max_model_len}
 
-    @app.post("/detokenize")
+    @app.post("/detokenize", responses=ERROR_RESPONSES)
     async def detokenize(req: DetokenizeRequest):
         served = _registry(state).get(req.model)
         vocab = served.loaded.tokenizer.vocab_size
@@ -126,35 +114,14 @@ def _card(served) -> ModelCard:
     return ModelCard(id=served.name, max_model_len=served.max_model_len, capabilities=served.capabilities)
 
 
-def _respond(result):
+def _respond(result, request: Request):
     if isinstance(result, dict):
         return result
-    return StreamingResponse(result, media_type="text/event-stream",
+    request_id = request.state.request_id
+
+    def on_error(err: Exception, api: APIError) -> None:  # logged once; the stream ends with an error event
+        log.error("request %s: stream failed: %s", request_id, api.message,
+                  exc_info=err if api.status >= 500 and not isinstance(err, RequestFailed) else None)
+
+    return StreamingResponse(guarded_stream(result, on_error), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-async def _admit(request: Request, state: ServerState):
-    """A response that refuses the request (auth, size, readiness), or None to let it through."""
-    path = request.url.path
-    if path.startswith(OPEN) or request.method == "OPTIONS":
-        return None
-    if state.api_key and path.startswith(PROTECTED):
-        header = request.headers.get("authorization", "")
-        given = header[7:] if header.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(given.encode(), state.api_key.encode()):
-            return error_response(401, "Incorrect API key provided. Send it as 'Authorization: Bearer <key>'.",
-                                  "invalid_api_key")
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > state.max_request_bytes:
-        return error_response(413, f"Request body of {length} bytes exceeds the limit of {state.max_request_bytes}.",
-                              "request_too_large")
-    if request.method == "POST" and length is None:
-        body = await request.body()  # chunked upload: measure what arrived
-        if len(body) > state.max_request_bytes:
-            return error_response(413, f"Request body exceeds the limit of {state.max_request_bytes} bytes.",
-                                  "request_too_large")
-    if state.draining:
-        return error_response(503, "The server is shutting down.", "draining")
-    if state.registry is None:
-        return error_response(503, "The server is still loading its models.", "not_ready")
-    return None

@@ -8,6 +8,7 @@ from .errors import bad_request
 from .protocol import ChatCompletionRequest, ChatMessage, SamplingFields
 
 MAX_LOGPROBS = 20
+MAX_PROMPTS = 2048  # prompts in one completions request (OpenAI's bound on batched inputs)
 
 
 def reject_unsupported_chat(req: ChatCompletionRequest) -> None:
@@ -25,11 +26,14 @@ def reject_unsupported_chat(req: ChatCompletionRequest) -> None:
         raise bad_request("audio output is not supported", "modalities", "unsupported_parameter")
     if req.prediction:
         raise bad_request("predicted outputs are not supported yet", "prediction", "unsupported_parameter")
+    if req.top_logprobs is not None and not 0 <= req.top_logprobs <= MAX_LOGPROBS:
+        raise bad_request(f"top_logprobs must be between 0 and {MAX_LOGPROBS}", "top_logprobs")
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("top_logprobs requires logprobs to be true", "top_logprobs")
 
 
 def reject_unsupported_common(req: SamplingFields) -> None:
+    reject_bad_stream_options(req)
     if req.best_of is not None and req.best_of != req.n and not req.use_beam_search:
         raise bad_request("best_of other than n is supported with use_beam_search only (sampled ranking is not "
                           "implemented)", "best_of", "unsupported_parameter")
@@ -40,23 +44,58 @@ def reject_unsupported_common(req: SamplingFields) -> None:
         raise bad_request("min_tokens is not supported yet", "min_tokens", "unsupported_parameter")
 
 
+# roles whose messages must carry content (OpenAI: only an assistant turn may leave it out)
+CONTENT_REQUIRED = ("system", "developer", "user", "tool", "function")
+
+
 def message_dicts(messages: list[ChatMessage]) -> list[dict]:
-    """Messages as the chat template sees them: content parts joined into one string."""
+    """Messages as the chat template sees them: content always a string (parts joined, "" when absent)."""
     out = []
     for i, m in enumerate(messages):
+        if m.content is None and m.role in CONTENT_REQUIRED:
+            raise bad_request(f"messages[{i}]: a '{m.role}' message needs content", f"messages.{i}.content")
         d = m.model_dump(exclude_none=True)
-        if isinstance(m.content, list):
-            texts = []
-            for part in m.content:
-                if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise bad_request(f"content part type {part.get('type')!r} is not supported (only text)",
-                                      f"messages.{i}.content")
-                texts.append(part["text"])
-            d["content"] = "".join(texts)
+        d["content"] = _content_text(m.content, i)
         out.append(d)
     if not out:
         raise bad_request("messages must not be empty", "messages")
     return out
+
+
+def _content_text(content, i: int) -> str:
+    if content is None:  # an assistant turn with tool_calls and null content
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise bad_request(f"content part type {part.get('type')!r} is not supported (only text)",
+                              f"messages.{i}.content")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def reject_invalid_unicode(value, path: str = "") -> None:
+    """A string that is not valid Unicode (a lone surrogate such as ``"\\ud800"``) is a 400 naming where it is."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad_request(f"{path or 'body'} is not valid Unicode (it holds a lone surrogate)", path or None) \
+                from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            reject_invalid_unicode(key, path)
+            reject_invalid_unicode(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            reject_invalid_unicode(item, f"{path}.{i}" if path else str(i))
+
+
+def reject_bad_stream_options(req) -> None:
+    if req.stream_options is not None and not req.stream:
+        raise bad_request("stream_options can only be set when stream is true", "stream_options")
 
 
 def chat_prompt(tokenizer: Tokenizer, req: ChatCompletionRequest, encoder_decoder: bool = False) -> tuple[str, list[int]]:
@@ -73,9 +112,13 @@ def chat_prompt(tokenizer: Tokenizer, req: ChatCompletionRequest, encoder_decode
             raise bad_request("an encoder-decoder model needs a user message as its input", "messages")
         text = users[-1].get("content") or ""
         return text, tokenizer.encode(text)
+    kwargs = req.chat_template_kwargs or {}
+    reserved = sorted({"messages", "add_generation_prompt"} & set(kwargs))
+    if reserved:
+        raise bad_request(f"chat_template_kwargs may not set {reserved}: the request sets them itself",
+                          "chat_template_kwargs")
     try:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=req.add_generation_prompt,
-                                             **(req.chat_template_kwargs or {}))
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=req.add_generation_prompt, **kwargs)
     except ChatTemplateError as err:
         raise bad_request(f"chat template: {err}", "messages") from None
     # the template writes the special tokens itself (transformers' apply_chat_template does the same)
@@ -88,6 +131,8 @@ def completion_prompts(tokenizer: Tokenizer, prompt) -> list[tuple[str | None, l
         return [(prompt, tokenizer.encode(prompt))]
     if not prompt:
         raise bad_request("prompt must not be empty", "prompt")
+    if len(prompt) > MAX_PROMPTS and not all(isinstance(p, int) for p in prompt):
+        raise bad_request(f"prompt has {len(prompt)} prompts; at most {MAX_PROMPTS} are allowed per request", "prompt")
     if all(isinstance(p, int) for p in prompt):
         return [(None, list(prompt))]
     if all(isinstance(p, str) for p in prompt):
@@ -126,7 +171,8 @@ def to_sampling_params(req: SamplingFields, *, max_tokens: int | None, default_m
             temperature=1.0 if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0,
             min_p=req.min_p or 0.0, presence_penalty=req.presence_penalty,
-            frequency_penalty=req.frequency_penalty, repetition_penalty=req.repetition_penalty or 1.0,
+            frequency_penalty=req.frequency_penalty,
+            repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
             logit_bias=_logit_bias(req.logit_bias, vocab), seed=req.seed, stop=tuple(stop),
             stop_token_ids=tuple(req.stop_token_ids or ()), ignore_eos=req.ignore_eos, logprobs=logprobs,
             skip_special_tokens=req.skip_special_tokens, include_stop_str_in_output=req.include_stop_str_in_output,

@@ -15,6 +15,42 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_f
           500: "internal_server_error", 503: "service_unavailable"}
 
 
+def _error_schema(description: str) -> dict:
+    from .protocol import ErrorResponse
+
+    return {"model": ErrorResponse, "description": description}
+
+
+# what the routes really answer on failure (documented in /openapi.json instead of FastAPI's 422)
+ERROR_RESPONSES = {
+    400: _error_schema("Invalid request: a bad field, a prompt over the context length, unsupported parameter"),
+    401: _error_schema("Missing or wrong API key"),
+    404: _error_schema("Unknown model"),
+    413: _error_schema("Request body too large"),
+    429: _error_schema("Queue full: retry after the Retry-After header's seconds"),
+    500: _error_schema("The request failed inside the server (other requests are unaffected)"),
+    503: _error_schema("Loading, shutting down, or the engine stopped"),
+}
+
+
+def document_errors(app: FastAPI) -> None:
+    """/openapi.json without FastAPI's 422 validation responses: validation errors are 400s here."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
 class APIError(Exception):
     def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None,
                  headers: dict[str, str] | None = None):
@@ -36,9 +72,17 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return APIError(400, message, code=code, param=param)
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
+def _is_type_tag(part) -> bool:
+    return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or part.startswith(("function-", "literal")))
+
+
 def _validation_message(err: RequestValidationError) -> tuple[str, str | None]:
     first = err.errors()[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    # pydantic names the member of a Union it tried ("str", "list[int]", "function-after[...]"): not a field
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _is_type_tag(p)]
     param = ".".join(loc) or None
     if first.get("type") == "extra_forbidden":
         return f"Unrecognized request argument supplied: {param}", param

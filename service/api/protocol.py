@@ -3,14 +3,21 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on inputs per embeddings request
+
+# integers the engine hands to torch (seeds, top-k) must fit int64
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+
 
 class OpenAIModel(BaseModel):
-    # unknown fields are refused with a 400, as the OpenAI API does
-    model_config = ConfigDict(extra="forbid")
+    # unknown fields are refused with a 400, as the OpenAI API does; types are strict as OpenAI's are
+    # ("stream": "yes" or "max_tokens": "5" is a 400, not coerced)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class StreamOptions(OpenAIModel):
@@ -24,7 +31,8 @@ class TextPart(OpenAIModel):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")  # name, tool_call_id, refusal... travel to the template
+    # name, tool_calls, tool_call_id, refusal... travel to the template
+    model_config = ConfigDict(extra="allow", strict=True)
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: Optional[Union[str, list[dict[str, Any]]]] = None
     name: Optional[str] = None
@@ -37,8 +45,8 @@ class SamplingFields(OpenAIModel):
     presence_penalty: float = 0.0
     logit_bias: Optional[dict[str, float]] = None
     max_tokens: Optional[int] = None
-    n: int = 1
-    seed: Optional[int] = None
+    n: int = Field(1, ge=1)
+    seed: Optional[Int64] = None
     stop: Optional[Union[str, list[str]]] = None
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
@@ -46,7 +54,7 @@ class SamplingFields(OpenAIModel):
     top_p: Optional[float] = None
     user: Optional[str] = None
     # vLLM extras
-    top_k: Optional[int] = None
+    top_k: Optional[Int64] = None
     min_p: Optional[float] = None
     repetition_penalty: Optional[float] = None
     ignore_eos: bool = False
@@ -54,7 +62,7 @@ class SamplingFields(OpenAIModel):
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     use_beam_search: bool = False
-    best_of: Optional[int] = None
+    best_of: Optional[int] = Field(None, ge=1)
     length_penalty: float = 1.0
     early_stopping: Union[bool, Literal["never"]] = False
     min_tokens: int = 0
@@ -98,7 +106,7 @@ class CompletionRequest(SamplingFields):
 
 class EmbeddingRequest(OpenAIModel):
     model: str
-    input: Union[str, list[str], list[int], list[list[int]]]
+    input: Union[str, list[str], list[int], list[list[int]]]  # at most MAX_EMBEDDING_INPUTS items (checked)
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Optional[int] = None
     user: Optional[str] = None

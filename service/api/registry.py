@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from models import LoadedModel
-from service.engine import AsyncEngine, EmbeddingEngine
+from service.engine import AsyncEngine, EmbeddingEngine, EngineDead, QueueFull
 
 from .errors import APIError
 
@@ -23,6 +23,15 @@ class ServedModel:
     @property
     def max_model_len(self) -> int:
         return self.engine.engine.max_model_len if self.engine else self.loaded.max_model_len
+
+    def default_max_tokens(self, prompt_len: int, width: int = 1) -> int:
+        """max_tokens when a request gives none: the room its context and the KV cache leave."""
+        return self.engine.engine.max_tokens_room(prompt_len, width)
+
+    @property
+    def dead(self) -> bool:
+        """The engine stopped on an unrecoverable error: the process must be restarted."""
+        return self.engine is not None and self.engine.dead
 
     def shutdown(self) -> None:
         for runner in (self.engine, self.embedder):
@@ -58,6 +67,24 @@ class ModelRegistry:
             raise APIError(400, f"The model `{name}` is a generative model: it serves /v1/chat/completions "
                                 "and /v1/completions, not embeddings.", code="model_not_supported", param="model")
         return served
+
+    def all_generation_full(self) -> QueueFull | None:
+        """The refusal when every generation engine's queue is full (a 429 owed before parsing the body)."""
+        errors = []
+        for served in self.models.values():
+            if served.engine is None:
+                continue
+            try:
+                served.engine.check_admission()
+                return None
+            except (QueueFull, EngineDead) as err:
+                errors.append(err)
+        full = [e for e in errors if isinstance(e, QueueFull)]
+        return full[0] if full and len(full) == len(errors) else None
+
+    @property
+    def dead(self) -> list[str]:
+        return [name for name, served in self.models.items() if served.dead]
 
     def shutdown(self) -> None:
         for served in self.models.values():

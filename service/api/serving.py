@@ -13,12 +13,13 @@ from fastapi import Request
 
 from models import Tokenizer
 from service import __version__
-from service.engine import EngineDead, QueueFull, RequestError, RequestOutput, SamplingParams, TokenLogprob
+from service.engine import (EngineDead, QueueFull, RequestError, RequestFailed, RequestOutput, SamplingParams,
+                            TokenLogprob)
 
-from .convert import (chat_prompt, completion_prompts, reject_unsupported_chat, reject_unsupported_common,
-                      to_sampling_params)
-from .errors import APIError, bad_request
-from .protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, make_id
+from .convert import (chat_prompt, completion_prompts, reject_invalid_unicode, reject_unsupported_chat,
+                      reject_unsupported_common, to_sampling_params)
+from .errors import APIError, bad_request, error_body
+from .protocol import MAX_EMBEDDING_INPUTS, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, make_id
 from .registry import ModelRegistry, ServedModel
 
 FINGERPRINT = f"kernelserve-{__version__}"
@@ -38,18 +39,36 @@ def _finish_reason(reason: str | None) -> str | None:
     return "stop" if reason == "abort" else reason  # an aborted request's client is gone
 
 
+def engine_error(err: Exception) -> APIError:
+    """The HTTP error for what the engine raised about one request."""
+    if isinstance(err, RequestError):
+        return APIError(400, str(err), code=err.code, param=err.param)
+    if isinstance(err, QueueFull):
+        return APIError(429, f"Server busy: {err}. Retry later.", code="queue_full", headers={"Retry-After": "1"})
+    if isinstance(err, EngineDead):
+        return APIError(503, f"{err}; the server must be restarted", code="engine_dead")
+    return APIError(500, str(err), code="engine_error")  # RequestFailed: this request alone
+
+
+ENGINE_ERRORS = (RequestError, QueueFull, EngineDead, RequestFailed)
+
+
+def refuse_early(served: ServedModel) -> None:
+    """429/503 before any tokenisation when the queue is full or the engine is gone (fast under load)."""
+    try:
+        served.engine.check_admission()
+    except (QueueFull, EngineDead) as err:
+        raise engine_error(err) from None
+
+
 async def start_generation(served: ServedModel, request_id: str, prompt_ids: list[int],
                            params: SamplingParams) -> AsyncIterator[RequestOutput]:
     """Submit to the engine and surface admission errors before any response bytes are sent."""
     try:
         stream = await served.engine.generate(request_id, prompt_ids, params)
         first = await stream.__anext__()
-    except RequestError as err:
-        raise APIError(400, str(err), code=err.code, param=err.param) from None
-    except QueueFull as err:
-        raise APIError(429, f"Server busy: {err}. Retry later.", code="queue_full", headers={"Retry-After": "1"}) from None
-    except EngineDead as err:
-        raise APIError(500, str(err), code="engine_error") from None
+    except ENGINE_ERRORS as err:
+        raise engine_error(err) from None
 
     async def chained():
         try:
@@ -68,7 +87,10 @@ async def until_disconnect(request: Request, work):
     while True:
         done, _ = await asyncio.wait({task}, timeout=0.25)
         if done:
-            return task.result()
+            try:
+                return task.result()
+            except ENGINE_ERRORS as err:  # a request the engine failed after admission: 500 naming it
+                raise engine_error(err) from None
         if await request.is_disconnected():
             task.cancel()
             raise APIError(400, "client disconnected", code="client_disconnected")
@@ -141,6 +163,27 @@ def sse(payload: dict | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
+async def guarded_stream(events: AsyncIterator[str], on_error) -> AsyncIterator[str]:
+    """An SSE stream that ends with an OpenAI error event and ``[DONE]`` if producing it fails
+    (the status line is already sent): the client's SDK raises an APIError, the connection stays sound."""
+    try:
+        async for event in events:
+            yield event
+    except Exception as err:
+        api = engine_error(err) if isinstance(err, ENGINE_ERRORS) else APIError(500, f"internal error: "
+                                                                                     f"{type(err).__name__}")
+        on_error(err, api)
+        yield sse(error_body(api.status, api.message, api.code, api.param))
+        yield sse("[DONE]")
+    finally:
+        await events.aclose()
+
+
+def _width(req) -> int:
+    """How many sequences of a request share the KV cache at once."""
+    return max(req.n, req.best_of or 1) if req.use_beam_search else req.n
+
+
 class OpenAIServing:
     def __init__(self, registry: ModelRegistry):
         self.registry = registry
@@ -150,10 +193,12 @@ class OpenAIServing:
         served = self.registry.for_generation(req.model)
         reject_unsupported_chat(req)
         reject_unsupported_common(req)
+        reject_invalid_unicode(req.model_dump(exclude_none=True))
+        refuse_early(served)
         tok = served.loaded.tokenizer
         text, prompt_ids = chat_prompt(tok, req, served.loaded.is_encoder_decoder)
         requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        room = max(1, served.max_model_len - (1 if served.loaded.is_encoder_decoder else len(prompt_ids)))
+        room = served.default_max_tokens(len(prompt_ids), _width(req))
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         params = to_sampling_params(req, max_tokens=requested, default_max=room, logprobs=logprobs,
                                     vocab=served.loaded.config.vocab_size)
@@ -224,6 +269,8 @@ class OpenAIServing:
     async def completion(self, req: CompletionRequest, request: Request):
         served = self.registry.for_generation(req.model)
         reject_unsupported_common(req)
+        reject_invalid_unicode(req.model_dump(exclude_none=True))
+        refuse_early(served)
         if req.suffix:
             raise bad_request("suffix (fill-in-the-middle) is not supported yet", "suffix", "unsupported_parameter")
         tok = served.loaded.tokenizer
@@ -232,7 +279,7 @@ class OpenAIServing:
         streams, metas = [], []
         try:
             for i, (text, ids) in enumerate(prompts):
-                room = max(1, served.max_model_len - (1 if served.loaded.is_encoder_decoder else len(ids)))
+                room = served.default_max_tokens(len(ids), _width(req))
                 params = to_sampling_params(req, max_tokens=req.max_tokens if req.max_tokens is not None else 16,
                                             default_max=room, logprobs=req.logprobs,
                                             vocab=served.loaded.config.vocab_size)
@@ -310,6 +357,12 @@ class OpenAIServing:
         served = self.registry.for_embeddings(req.model)
         tok = served.loaded.tokenizer
         inputs = req.input
+        reject_invalid_unicode(inputs, "input")
+        if isinstance(inputs, list) and len(inputs) > MAX_EMBEDDING_INPUTS:
+            raise bad_request(f"input has {len(inputs)} items; at most {MAX_EMBEDDING_INPUTS} are allowed per "
+                              "request", "input")
+        if inputs == "" or (isinstance(inputs, list) and any(x == "" for x in inputs)):
+            raise bad_request("input must not contain empty strings", "input")
         if isinstance(inputs, str):
             ids = [tok.encode(inputs)]
         elif inputs and all(isinstance(x, int) for x in inputs):

@@ -82,12 +82,16 @@ class AsyncEngine:
         """The engine's counters as of its last step (read without locking the engine)."""
         return dict(self._snapshot)
 
-    async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
+    def check_admission(self) -> None:
+        """Raise EngineDead or QueueFull now, from counters alone: refusing costs no engine work."""
         if self._error is not None:
-            raise EngineDead(f"engine stopped: {self._error}")
+            raise EngineDead(f"engine stopped: {describe(self._error)}")
         waiting = len(self._sinks) - self._snapshot["num_requests_running"]
         if waiting >= self.max_waiting:
             raise QueueFull(f"{waiting} requests are already waiting (limit {self.max_waiting})")
+
+    async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
+        self.check_admission()
         sink = _Sink(asyncio.get_running_loop())
         self._sinks[request_id] = sink
         self._inbox.put(_Add(request_id, prompt_token_ids, params, sink))

@@ -132,6 +132,14 @@ class LLMEngine:
                 code="context_length_exceeded", param="messages")
         self._check_kv_capacity(len(prompt_token_ids), params, width)
 
+    def max_tokens_room(self, prompt_len: int, width: int = 1) -> int:
+        """The most tokens a request may generate: what its context leaves, and what ``width``
+        sequences of it can hold together in the KV cache (the default ``max_tokens``)."""
+        used = 1 if self.loaded.is_encoder_decoder else prompt_len
+        context = self.max_model_len - used
+        share = (self.block_manager.num_blocks // max(1, width)) * self.config.block_size - used
+        return max(1, min(context, share))
+
     def _check_kv_capacity(self, prompt_len: int, params: SamplingParams, width: int) -> None:
         """Refuse a request whose sequences could never be in the KV cache together.
 
