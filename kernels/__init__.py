@@ -12,10 +12,12 @@ import torch
 
 from ._backend import BACKENDS, backend_for, interpreting, selected_backend, use_triton
 from .flash_attention import attention_ref, attention_triton
-from .gemm import (ACTIVATIONS, ffn_ref, ffn_triton, gated_ffn_ref, gated_ffn_triton, linear_ref,
-                     linear_triton)
+from .gemm import (ACTIVATIONS, activation_ref, ffn_ref, ffn_triton, gated_ffn_ref, gated_ffn_triton, linear_ref,
+                   linear_triton)
 from .norms import layer_norm_ref, layer_norm_triton, rms_norm_ref, rms_norm_triton
 from .paged import paged_attention_ref, paged_attention_triton, store_kv_ref, store_kv_triton
+from .quant_gemm import (QuantizedWeight, pack_codes, prepare_cpu, quant_linear_cpu, quant_linear_ref,
+                         quant_linear_triton, quantize_rtn)
 from .rope import rotary_cos_sin_cache, rotary_ref, rotary_triton
 
 if interpreting():
@@ -24,8 +26,9 @@ if interpreting():
     patch_interpreter_bf16_dot()
 
 __all__ = [
-    "ACTIVATIONS", "BACKENDS", "attention", "backend_for", "ffn", "gated_ffn", "interpreting", "layer_norm",
-    "linear", "paged_attention", "rms_norm", "rotary", "rotary_cos_sin_cache", "selected_backend", "store_kv",
+    "ACTIVATIONS", "BACKENDS", "QuantizedWeight", "attention", "backend_for", "ffn", "gated_ffn", "interpreting",
+    "layer_norm", "linear", "pack_codes", "paged_attention", "prepare_cpu", "quant_linear_ref", "quantize_rtn",
+    "rms_norm", "rotary", "rotary_cos_sin_cache", "selected_backend", "store_kv",
 ]
 
 
@@ -76,19 +79,28 @@ def rms_norm(x, weight, eps: float, residual=None):
 
 
 def linear(x, weight, bias=None, activation: str | None = None) -> torch.Tensor:
-    """``act(x @ weight.T + bias)`` as one GEMM with a fused epilogue; weight ``[out, in]``."""
-    fn = linear_triton if use_triton(x) else linear_ref
+    """``act(x @ weight.T + bias)`` as one GEMM with a fused epilogue; weight ``[out, in]``, a tensor or a
+    :class:`QuantizedWeight` (dequantised inside the GEMM)."""
+    if isinstance(weight, QuantizedWeight):
+        fn = quant_linear_triton if use_triton(x) else quant_linear_cpu
+    else:
+        fn = linear_triton if use_triton(x) else linear_ref
     return fn(x, weight, bias, activation)
 
 
 def gated_ffn(x, w_gate_up, w_down, activation: str = "silu") -> torch.Tensor:
-    """``(act(x @ Wg.T) * (x @ Wu.T)) @ w_down.T`` with ``w_gate_up = cat([Wg, Wu])``."""
+    """``(act(x @ Wg.T) * (x @ Wu.T)) @ w_down.T`` with ``w_gate_up = cat([Wg, Wu])`` (either may be quantized)."""
+    if isinstance(w_gate_up, QuantizedWeight) or isinstance(w_down, QuantizedWeight):
+        gate, up = linear(x, w_gate_up).chunk(2, dim=-1)
+        return linear(activation_ref(gate, activation) * up, w_down)
     fn = gated_ffn_triton if use_triton(x) else gated_ffn_ref
     return fn(x, w_gate_up, w_down, activation)
 
 
 def ffn(x, w_in, b_in, w_out, b_out, activation: str | None) -> torch.Tensor:
-    """``act(x @ w_in.T + b_in) @ w_out.T + b_out``; biases may be None."""
+    """``act(x @ w_in.T + b_in) @ w_out.T + b_out``; biases may be None; weights may be quantized."""
+    if isinstance(w_in, QuantizedWeight) or isinstance(w_out, QuantizedWeight):
+        return linear(linear(x, w_in, b_in, activation), w_out, b_out)
     fn = ffn_triton if use_triton(x) else ffn_ref
     return fn(x, w_in, b_in, w_out, b_out, activation)
 

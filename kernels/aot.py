@@ -23,7 +23,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import flash_attention, gemm, norms, paged, rope
+from . import flash_attention, gemm, norms, paged, quant_gemm, rope
 
 # usable shared memory per block (opt-in maximum)
 SHARED_LIMIT = {90: 232_448, 80: 166_912}
@@ -158,6 +158,19 @@ def _gemm_variants() -> Iterator[Variant]:
                 yield Variant(f"{name} {tiles} w{cfg.num_warps} s{cfg.num_stages} {dt}", fn, args, cfg.num_warps, cfg.num_stages)
 
 
+def _quant_gemm_variants() -> Iterator[Variant]:
+    fn = quant_gemm._quant_linear_kernel
+    for dt in DTYPES:
+        for bits, group in ((4, 32), (4, 128), (8, 32), (8, 16)):  # GGUF Q4_*, RTN int4, Q8_0, Q6_K-like
+            for cfg in quant_gemm.quant_configs(getattr(torch, DTYPE_OF[dt]), bits, group):
+                args = dict(X=f"*{dt}", Q="*u8", S="*fp32", O="*fp32", Bias=f"*{dt}", Y=f"*{dt}", M="i32", N="i32",
+                            K="i32", M_BUCKET="i32", stride_xm="i32", stride_qn="i32", stride_sn="i32",
+                            stride_ym="i32", BITS=bits, GROUP=group, HAS_BIAS=True, ACT=4, **cfg.kwargs)
+                tiles = "x".join(str(cfg.kwargs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+                yield Variant(f"quant_linear w{bits} g{group} {tiles} w{cfg.num_warps} s{cfg.num_stages} {dt}", fn,
+                              args, cfg.num_warps, cfg.num_stages)
+
+
 def _rotary_variants() -> Iterator[Variant]:
     fn = rope._rotary_kernel
     for dt in DTYPES:
@@ -172,7 +185,8 @@ def _rotary_variants() -> Iterator[Variant]:
 
 def all_variants() -> list[Variant]:
     """Every kernel specialisation the launchers can produce (dtype x config)."""
-    return [*_attention_variants(), *_paged_variants(), *_norm_variants(), *_gemm_variants(), *_rotary_variants()]
+    return [*_attention_variants(), *_paged_variants(), *_norm_variants(), *_gemm_variants(), *_quant_gemm_variants(),
+            *_rotary_variants()]
 
 
 def main(argv: list[str] | None = None) -> int:
