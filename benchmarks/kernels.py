@@ -135,6 +135,22 @@ def gemm_cases(dtype=torch.bfloat16, m=4096, k=4096, n=16384) -> list[Case]:
     ]
 
 
+def quant_gemm_cases(dtype=torch.bfloat16) -> list[Case]:
+    """Decode-shaped weight-only GEMMs (M = 1, 8, 32) on Llama-3.2-1B's MLP down projection: the
+    rate is the packed weight read (codes + scales + offsets) per call against copy bandwidth."""
+    cases = []
+    n, k = 2048, 8192
+    dense = torch.randn(n, k, device="cuda", dtype=dtype) / math.sqrt(k)
+    for bits in (4, 8):
+        qw = kernels.quantize_rtn(dense, bits, 32 if bits == 4 else 128)
+        for m in (1, 8, 32):
+            x = torch.randn(m, k, device="cuda", dtype=dtype)
+            cases.append(Case(f"w{bits}a16 linear M={m} {n}x{k}", lambda x=x, qw=qw: kernels.linear(x, qw),
+                              lambda x=x: F.linear(x, dense), "F.linear bf16 (dense)",
+                              bytes=qw.nbytes + x.numel() * x.element_size() + m * n * x.element_size()))
+    return cases
+
+
 def rotary_case(dtype=torch.bfloat16, tokens=16384, hq=32, hkv=8, dim=128) -> Case:
     q = torch.randn(tokens, hq, dim, device="cuda", dtype=dtype)
     k = torch.randn(tokens, hkv, dim, device="cuda", dtype=dtype)
@@ -177,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     gpu = torch.cuda.get_device_name()
     copy_gbs, mm_tflops = ceilings(args.quick)
-    factories = [attention_case, paged_case, norm_cases, gemm_cases, rotary_case]
+    factories = [attention_case, paged_case, norm_cases, gemm_cases, quant_gemm_cases, rotary_case]
     rows = []
     for make in tqdm(factories, desc="kernels"):
         made = make()

@@ -33,7 +33,7 @@ def in_process(args) -> float:
     from models import load_model
     from service.engine import EngineConfig, LLMEngine, SamplingParams
 
-    loaded = load_model(MODEL)
+    loaded = load_model(MODEL, quantization="none")
     tok = loaded.tokenizer
     prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": p}]))
                for p in load_prompts(args.num_prompts, 0)]
@@ -47,7 +47,8 @@ def in_process(args) -> float:
 def over_http(args) -> dict:
     port = 8190
     proc = start([sys.executable, "-m", "service", "serve", "--model", MODEL, "--port", str(port),
-                  "--max-num-seqs", str(args.concurrency)], port, os.path.join(tempfile.gettempdir(), "kernelserve-overhead-server.log"))
+                  "--max-num-seqs", str(args.concurrency),
+                  "--quantization", "none", "--dtype", "float32"], port, os.path.join(tempfile.gettempdir(), "kernelserve-overhead-server.log"))
     try:
         base = ["--base-url", f"http://127.0.0.1:{port}", "--model", MODEL]
         subprocess.run([sys.executable, "-m", "benchmarks.serve", *base, "--num-prompts", "2", "--max-tokens", "8"],

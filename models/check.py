@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         path = resolve_source(args.model)
-        loaded = load_model(path)
+        loaded = load_model(path, quantization="none")  # transformers dequantises GGUF files too
     except ModelError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     parser.add_argument("out_dir")
     parser.add_argument("--dtype", default="float32")
     args = parser.parse_args(argv)
-    print(export_hf_folder(load_model(args.source, dtype=args.dtype), args.out_dir))
+    print(export_hf_folder(load_model(args.source, dtype=args.dtype, quantization="none"), args.out_dir))
     return 0
 
 

@@ -6,6 +6,7 @@ pairs); :func:`_unpermute` restores Hugging Face's NeoX ordering.
 """
 from __future__ import annotations
 
+import logging
 import re
 from typing import Iterator
 
@@ -14,7 +15,9 @@ import torch
 
 from .config import ModelError
 from .tokenizer import Tokenizer
-from .weights import NamedTensor
+from .weights import NamedTensor, QuantParts
+
+log = logging.getLogger("kernelserve.models")
 
 SUPPORTED_ARCHS = ("llama", "qwen2", "mistral")
 
@@ -84,6 +87,11 @@ def gguf_config(reader, path: str) -> dict:
     return cfg
 
 
+def _unpermute_rows(rows: int, heads: int) -> torch.Tensor:
+    """The row order :func:`_unpermute` produces, as an index (for weights kept quantized)."""
+    return _unpermute(torch.arange(rows)[:, None], heads)[:, 0]
+
+
 def _unpermute(w: torch.Tensor, heads: int) -> torch.Tensor:
     """Undo llama.cpp's Q/K row permutation: [h, d/2, 2, ...] -> [h, 2, d/2, ...]."""
     rows = w.shape[0]
@@ -99,27 +107,123 @@ def _hf_name(name: str, path: str) -> str | None:
     raise ModelError(f"{path}: GGUF tensor {name!r} is not one kernelserve knows how to map")
 
 
-def iter_gguf_tensors(reader, path: str, cfg: dict, dtype: torch.dtype) -> Iterator[NamedTensor]:
+# GGUF block types served without dequantising: elements and bytes per block
+KEPT_TYPES = {"Q4_0": (32, 18), "Q4_1": (32, 20), "Q8_0": (32, 34), "Q4_K": (256, 144), "Q6_K": (256, 210)}
+# Q6_K's groups of 16 are below what torch's CPU int4 kernel takes: kept on CUDA (the Triton kernel), dense on CPU
+CPU_KEPT_TYPES = ("Q4_0", "Q4_1", "Q8_0", "Q4_K")
+_PROJECTIONS = ("_proj.weight",)  # Linear weights; embeddings, norms and the LM head are read dense
+
+
+def _f16(blocks: np.ndarray, start: int) -> np.ndarray:
+    """The fp16 at byte ``start`` of every block, as float32 [B]."""
+    return np.ascontiguousarray(blocks[:, start:start + 2]).view(np.float16)[:, 0].astype(np.float32)
+
+
+def _low_high(qs: np.ndarray) -> np.ndarray:
+    """ggml's 4-bit order: byte j holds element j (low nibble) and element j + len(qs) (high nibble)."""
+    return np.concatenate([qs & 0xF, qs >> 4], axis=1)
+
+
+def _q4_k_scales(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K's eight 6-bit (scale, min) pairs per super-block, unpacked from 12 bytes (ggml's get_scale_min_k4)."""
+    sc = np.concatenate([s[:, 0:4] & 63, (s[:, 8:12] & 0xF) | ((s[:, 0:4] >> 6) << 4)], axis=1)
+    mn = np.concatenate([s[:, 4:8] & 63, (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)], axis=1)
+    return sc.astype(np.float32), mn.astype(np.float32)
+
+
+def _decode_blocks(kind: str, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(codes [B, elems], scales [B, groups], offsets [B, groups], bits) of one type's blocks, such that
+    ``scales * codes + offsets`` is exactly what ggml's dequantiser computes in float32."""
+    d = _f16(blocks, 0)[:, None]
+    if kind == "Q4_0":  # d * (q - 8)
+        return _low_high(blocks[:, 2:]), d, -8 * d, 4
+    if kind == "Q4_1":  # d * q + m
+        return _low_high(blocks[:, 4:]), d, _f16(blocks, 2)[:, None], 4
+    if kind == "Q8_0":  # d * q, q signed: code = q + 128
+        codes = (blocks[:, 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
+        return codes, d, -128 * d, 8
+    if kind == "Q6_K":
+        return _q6_k(blocks)
+    # Q4_K: 8 sub-blocks of 32, scale d * sc and min dmin * m; bytes 32c..32c+31 of qs hold sub-blocks 2c, 2c+1
+    sc, mn = _q4_k_scales(blocks[:, 4:16])
+    qs = blocks[:, 16:144].reshape(-1, 4, 32)
+    codes = np.concatenate([qs & 0xF, qs >> 4], axis=2).reshape(-1, 256)
+    return codes, d * sc, -(_f16(blocks, 2)[:, None] * mn), 4
+
+
+def _q6_k(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Q6_K: 256 6-bit values q - 32 in 16 groups of 16 with int8 scales, w = d * sc * (q - 32).
+
+    Layout (ggml's block_q6_K): ql[128] low nibbles, qh[64] high 2-bit pairs, scales[16] int8, d fp16.
+    Each 128-value half h uses ql[64h:64h+64] and qh[32h:32h+32]: value 32j + l (j = 0..3, l = 0..31)
+    takes the low (j < 2) or high (j >= 2) nibble of ql[64h + l + 32 (j % 2)] and bits 2j..2j+1 of qh[32h + l].
+    Codes are q (0..63, an 8-bit container), scale d * sc, offset -32 d * sc.
+    """
+    ql, qh = blocks[:, 0:128].reshape(-1, 2, 2, 32), blocks[:, 128:192].reshape(-1, 2, 1, 32)
+    low = np.concatenate([ql & 0xF, ql >> 4], axis=2)  # [B, half, j, l]: nibble j // 2 of ql byte (j % 2)
+    high = (qh >> (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]) & 3
+    codes = (low | (high << 4)).reshape(-1, 256)
+    scale = _f16(blocks, 208)[:, None] * blocks[:, 192:208].view(np.int8).astype(np.float32)
+    return codes, scale, -32 * scale, 8
+
+
+def gguf_quant_parts(t, path: str) -> QuantParts:
+    """A quantized GGUF tensor's blocks as :class:`QuantParts` ``[N, K]``, without a dense copy.
+
+    The block count is checked against the tensor's shape before anything is read, so a truncated or
+    inconsistent file fails here rather than reading past its data.
+    """
+    kind = t.tensor_type.name
+    elems, nbytes = KEPT_TYPES[kind]
+    k, n = (int(x) for x in t.shape[:2])
+    raw = np.asarray(t.data).reshape(-1)
+    if k % elems or raw.size != n * (k // elems) * nbytes:
+        raise ModelError(f"{path}: tensor {t.name} ({kind}, shape [{n}, {k}]) has {raw.size} bytes of blocks, "
+                         f"expected {n * (k // max(elems, 1)) * nbytes}: the file is truncated or corrupt")
+    codes, scales, offsets, bits = _decode_blocks(kind, raw.view(np.uint8).reshape(-1, nbytes))
+    group = elems // scales.shape[1]
+    as_rows = lambda a, width, dt: torch.from_numpy(np.ascontiguousarray(a.reshape(n, width), dtype=dt))  # noqa: E731
+    return QuantParts(as_rows(codes, k, np.uint8), as_rows(scales, k // group, np.float32),
+                      as_rows(offsets, k // group, np.float32), bits, group, kind)
+
+
+def _dense(t, path: str, dtype: torch.dtype) -> torch.Tensor:
     import gguf
 
+    try:
+        data = gguf.quants.dequantize(t.data, t.tensor_type)
+    except Exception as err:
+        raise ModelError(f"{path}: cannot dequantise {t.name} ({t.tensor_type.name}): {err}") from None
+    data = np.ascontiguousarray(data)
+    if not data.flags.writeable:  # unquantised tensors are views of the read-only memory map
+        data = data.copy()
+    return torch.from_numpy(data.reshape(*reversed(t.shape.tolist()))).to(dtype)
+
+
+def iter_gguf_tensors(reader, path: str, cfg: dict, dtype: torch.dtype,
+                      keep_types: tuple[str, ...] = ()) -> Iterator[NamedTensor]:
+    """(file, HF name, tensor) for every GGUF tensor. Projection weights of a type in ``keep_types``
+    come as :class:`QuantParts`; every other tensor is dequantised to ``dtype``."""
     permute = cfg["model_type"] in ("llama", "mistral")
+    dense_types = set()
     for t in reader.tensors:
         hf = _hf_name(t.name, path)
         if hf is None:
             continue
-        try:
-            data = gguf.quants.dequantize(t.data, t.tensor_type)
-        except Exception as err:
-            raise ModelError(f"{path}: cannot dequantise {t.name} ({t.tensor_type.name}): {err}") from None
-        data = np.ascontiguousarray(data)
-        if not data.flags.writeable:  # unquantised tensors are views of the read-only memory map
-            data = data.copy()
-        w = torch.from_numpy(data.reshape(*reversed(t.shape.tolist())))
-        if permute and hf.endswith("q_proj.weight"):
-            w = _unpermute(w, cfg["num_attention_heads"])
-        elif permute and hf.endswith("k_proj.weight"):
-            w = _unpermute(w, cfg.get("num_key_value_heads", cfg["num_attention_heads"]))
-        yield path, hf, w.to(dtype)
+        quantized = t.tensor_type.name not in ("F32", "F16", "BF16", "F64")
+        if hf.endswith(_PROJECTIONS) and t.tensor_type.name in keep_types:
+            w = gguf_quant_parts(t, path)
+        else:
+            if keep_types and quantized:
+                dense_types.add(f"{t.tensor_type.name} ({'embeddings' if 'embed' in hf or 'lm_head' in hf else hf})")
+            w = _dense(t, path, dtype)
+        if permute and hf.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = cfg["num_attention_heads"] if hf.endswith("q_proj.weight") else \
+                cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+            w = _unpermute(w, heads) if isinstance(w, torch.Tensor) else w.rows(_unpermute_rows(w.shape[0], heads))
+        yield path, hf, w
+    if dense_types:
+        log.info("%s: dequantised at load (not kept quantized): %s", path, ", ".join(sorted(dense_types)[:6]))
 
 
 def gguf_tokenizer(reader, path: str) -> Tokenizer:

@@ -55,6 +55,64 @@ class Linear(nn.Module):
         return kernels.linear(x, self.weight, self.bias, activation)
 
 
+class QuantizedLinear(nn.Module):
+    """A :class:`Linear` whose weight is group-wise quantized (``kernels.QuantizedWeight``): packed codes,
+    float32 scales and offsets as buffers; the same ``forward`` contract, dequantised inside the GEMM."""
+
+    def __init__(self, weight: kernels.QuantizedWeight, bias: nn.Parameter | None = None, kind: str | None = None):
+        super().__init__()
+        self.kind = kind or f"int{weight.bits}"  # the format it came in: "Q4_1", "int4", ...
+        self.register_buffer("qweight", weight.qweight)
+        self.register_buffer("scales", weight.scales)
+        self.register_buffer("offsets", weight.offsets)
+        self.bits, self.group_size = weight.bits, weight.group_size
+        self.bias = bias
+        self._weight = weight
+
+    @property
+    def weight(self) -> kernels.QuantizedWeight:
+        if self._weight.qweight is not self.qweight:  # the buffers moved (``.to(device)``)
+            self._weight = kernels.QuantizedWeight(self.qweight, self.scales, self.offsets, self.bits,
+                                                   self.group_size)
+        return self._weight
+
+    def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
+        return kernels.linear(x, self.weight, self.bias, activation)
+
+    def extra_repr(self) -> str:
+        n, k = self.weight.shape
+        return f"in_features={k}, out_features={n}, bits={self.bits}, group_size={self.group_size}"
+
+
+def replace_linear(model: nn.Module, name: str, weight: kernels.QuantizedWeight, kind: str | None = None) -> None:
+    """Swap the :class:`Linear` owning parameter ``name`` (``...proj.weight``) for a :class:`QuantizedLinear`."""
+    path = name.rsplit(".", 1)[0]
+    parent_path, _, attr = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    old = getattr(parent, attr)
+    setattr(parent, attr, QuantizedLinear(weight, old.bias, kind))
+
+
+def rtn_group_size(in_features: int, preferred: int = 128) -> int | None:
+    """The largest group size in (preferred, 64, 32) dividing ``in_features`` (None: none does)."""
+    return next((g for g in (preferred, 64, 32) if g <= preferred and in_features % g == 0), None)
+
+
+def quantize_linears(model: nn.Module, bits: int) -> int:
+    """Round-to-nearest int8/int4 of every :class:`Linear` in the transformer layers (embeddings and the
+    LM head stay in full precision, as llama.cpp keeps them at higher precision). Returns how many."""
+    names = [n for n, m in model.named_modules() if type(m) is Linear and "lm_head" not in n]
+    done = 0
+    for name in names:
+        module = model.get_submodule(name)
+        group = rtn_group_size(module.weight.shape[1])
+        if group is None:
+            continue
+        replace_linear(model, name + ".weight", kernels.quantize_rtn(module.weight.data, bits, group))
+        done += 1
+    return done
+
+
 class Norm(nn.Module):
     """LayerNorm or RMSNorm parameters, applied through the fused kernels (optionally with residual)."""
 

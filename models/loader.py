@@ -11,11 +11,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+import kernels
+
 from . import gguf_file
 from .bart import BartForConditionalGeneration
 from .bert import BertModel
 from .config import DecoderConfig, EncoderConfig, EncoderDecoderConfig, ModelError, config_from_hf
 from .gpt2 import GPT2LMHeadModel
+from .layers import QuantizedLinear, quantize_linears
 from .llama import LlamaForCausalLM
 from .pooling import Pooling
 from .t5 import T5ForConditionalGeneration
@@ -28,6 +31,9 @@ ARCHITECTURES = {"llama": LlamaForCausalLM, "mistral": LlamaForCausalLM, "qwen2"
                  "gpt2": GPT2LMHeadModel, "bert": BertModel, "t5": T5ForConditionalGeneration,
                  "bart": BartForConditionalGeneration}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# auto: keep a GGUF's quantized blocks, full precision for safetensors; none: dequantise everything;
+# int8 / int4: round-to-nearest group-wise weight-only quantisation at load (decoders)
+QUANTIZATIONS = ("auto", "none", "int8", "int4")
 
 
 @dataclass
@@ -42,6 +48,7 @@ class LoadedModel:
     max_model_len: int
     eos_token_ids: tuple[int, ...] = ()
     pooling: Pooling | None = None
+    quantization: str = "none"  # what the weights run as: "none", "int8", "int4", "gguf:Q4_1", ...
 
     @property
     def kind(self) -> str:
@@ -100,16 +107,18 @@ def _progress(tensors, total: int, name: str):
                 disable=not log.isEnabledFor(logging.INFO))
 
 
-def load_gguf(path: str, dtype: torch.dtype, name: str) -> LoadedModel:
+def load_gguf(path: str, dtype: torch.dtype, name: str, keep_types: tuple[str, ...] = ()) -> LoadedModel:
     reader = gguf_file.open_gguf(path)
     hf_cfg = gguf_file.gguf_config(reader, path)
     cfg = config_from_hf(hf_cfg, path)
     model = _build(cfg, dtype)
-    tensors = gguf_file.iter_gguf_tensors(reader, path, hf_cfg, dtype)
+    tensors = gguf_file.iter_gguf_tensors(reader, path, hf_cfg, dtype, keep_types)
     load_weights(model, _progress(tensors, len(reader.tensors), name), model.rules, model.shard_sizes())
     tokenizer = gguf_file.gguf_tokenizer(reader, path)
+    kept = sorted({m.kind for m in model.modules() if isinstance(m, QuantizedLinear)})
     return LoadedModel(name, path, model, cfg, tokenizer, dtype, torch.device("cpu"), cfg.max_position,
-                       tuple(gguf_file.gguf_eos_ids(reader)))
+                       tuple(gguf_file.gguf_eos_ids(reader)),
+                       quantization="gguf:" + "+".join(kept) if kept else "none")
 
 
 def _read_json(path: str) -> dict:
@@ -160,17 +169,72 @@ def load_folder(folder: str, dtype: torch.dtype, name: str) -> LoadedModel:
                        _eos_ids(folder, hf_cfg, tokenizer), pooling)
 
 
+def runs_quantized(source: str, quantization: str) -> bool:
+    """Whether ``load_model(source, quantization=...)`` would serve quantized weights."""
+    if quantization in ("int8", "int4"):
+        return True
+    if quantization != "auto":
+        return False
+    try:
+        return os.path.isfile(resolve_source(source))  # a GGUF file: its blocks are kept
+    except ModelError:
+        return False
+
+
 def load_model(source: str, *, name: str | None = None, dtype: str | torch.dtype = "float32",
-               device: str = "cpu") -> LoadedModel:
-    """Load ``source`` (folder, .gguf file, default model name or hub id) in ``dtype`` on ``device``."""
+               device: str = "cpu", quantization: str = "auto") -> LoadedModel:
+    """Load ``source`` (folder, .gguf file, default model name or hub id) in ``dtype`` on ``device``.
+
+    ``quantization`` (see ``QUANTIZATIONS``): ``auto`` keeps a GGUF's Q4_0/Q4_1/Q8_0/Q4_K projection
+    weights quantized (and Q6_K on CUDA; other types are dequantised, logged) and loads safetensors in
+    full precision;
+    ``none`` dequantises; ``int8``/``int4`` quantise the projections of a decoder at load.
+    """
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ModelError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         dtype = DTYPES[dtype]
+    if quantization not in QUANTIZATIONS:
+        raise ModelError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
     name = name or source
     path = resolve_source(source)
-    log.info("loading %s from %s (%s)", name, path, str(dtype).removeprefix("torch."))
-    loaded = load_gguf(path, dtype, name) if os.path.isfile(path) else load_folder(path, dtype, name)
+    log.info("loading %s from %s (%s, quantization %s)", name, path, str(dtype).removeprefix("torch."), quantization)
+    if os.path.isfile(path):
+        keep = () if quantization != "auto" else tuple(
+            gguf_file.KEPT_TYPES if torch.device(device).type == "cuda" else gguf_file.CPU_KEPT_TYPES)
+        loaded = load_gguf(path, dtype, name, keep)
+    else:
+        loaded = load_folder(path, dtype, name)
+    if quantization in ("int8", "int4"):
+        _quantize_at_load(loaded, quantization)
     loaded.model.to(device).eval()
     loaded.device = torch.device(device)
+    _prepare_quantized(loaded)
     return loaded
+
+
+def _quantize_at_load(loaded: LoadedModel, quantization: str) -> None:
+    if not isinstance(loaded.config, DecoderConfig):
+        raise ModelError(f"{loaded.source}: --quantization {quantization} is supported for decoder models "
+                         f"(Llama family, GPT-2), not {loaded.config.arch} ({loaded.kind} model); "
+                         "use --quantization none or auto")
+    count = quantize_linears(loaded.model, 8 if quantization == "int8" else 4)
+    loaded.quantization = quantization
+    log.info("%s: %d projections quantized to %s (group-wise, round to nearest)", loaded.name, count, quantization)
+
+
+def _prepare_quantized(loaded: LoadedModel) -> None:
+    """Build torch's packed CPU layout now, not on the first request; say what runs quantized."""
+    layers = [m for m in loaded.model.modules() if isinstance(m, QuantizedLinear)]
+    if not layers:
+        return
+    if loaded.device.type == "cpu":
+        for m in layers:
+            kernels.prepare_cpu(m.weight, loaded.dtype)
+        if loaded.dtype == torch.float32:
+            log.warning("%s: quantized weights with float32 activations use torch's exact but slow int4 CPU "
+                        "kernel; --dtype bfloat16 (the default for quantized models on CPU) is much faster",
+                        loaded.name)
+    size = sum(m.weight.nbytes for m in layers)
+    log.info("%s: %d projections run quantized (%s, %.0f MiB)", loaded.name, len(layers), loaded.quantization,
+             size / 2**20)

@@ -78,11 +78,12 @@ class Tokenizer:
         context = {**self.special_tokens, "bos_token": self.bos_token or "", "eos_token": self.eos_token or "",
                    **extra}
         from jinja2 import TemplateError
+        from jinja2.exceptions import SecurityError
 
         try:
             return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt, **context)
         except (TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError) as err:
-            if isinstance(err, ChatTemplateError):
+            if isinstance(err, (ChatTemplateError, SecurityError)):  # a sandbox escape is the template's fault
                 raise
             # the template could not render these messages (a field it needs is missing or of another type)
             raise ChatTemplateError(f"{type(err).__name__}: {err}") from None

@@ -21,7 +21,32 @@ from torch import nn
 
 from .config import ModelError
 
-NamedTensor = tuple[str, str, torch.Tensor]  # (file, checkpoint key, tensor)
+@dataclass
+class QuantParts:
+    """A checkpoint weight kept quantized (GGUF blocks, unpacked): uint8 codes ``[N, K]`` and float32
+    scales/offsets ``[N, K / group_size]``, ``W = scales * codes + offsets`` group-wise."""
+    codes: torch.Tensor
+    scales: torch.Tensor
+    offsets: torch.Tensor
+    bits: int
+    group_size: int
+    kind: str  # the file's type name, e.g. "Q4_1"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.codes.shape)
+
+    def rows(self, index: torch.Tensor) -> "QuantParts":
+        return QuantParts(self.codes[index], self.scales[index], self.offsets[index], self.bits, self.group_size,
+                          self.kind)
+
+    def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
+        g = self.group_size
+        w = self.codes.float() * self.scales.repeat_interleave(g, 1) + self.offsets.repeat_interleave(g, 1)
+        return w.to(dtype)
+
+
+NamedTensor = tuple[str, str, "torch.Tensor | QuantParts"]  # (file, checkpoint key, tensor)
 
 
 @dataclass(frozen=True)
@@ -55,6 +80,7 @@ def load_weights(model: nn.Module, tensors: Iterable[NamedTensor], rules: Checkp
     """
     params = dict(model.named_parameters())
     filled: dict[str, set] = {name: set() for name in params}
+    kept: dict[str, dict[int | None, QuantParts]] = {}  # quantized parts of Linear weights, by shard
     for file, key, tensor in tensors:
         if rules.is_ignored(key):
             continue
@@ -71,8 +97,48 @@ def load_weights(model: nn.Module, tensors: Iterable[NamedTensor], rules: Checkp
         if tuple(dest.shape) != tuple(tensor.shape):
             raise ModelError(f"{file}: tensor {key!r} has shape {list(tensor.shape)}, but parameter {name!r}"
                              f"{'' if shard is None else f' (part {shard})'} expects {list(dest.shape)}")
-        dest.copy_(tensor)
+        if isinstance(tensor, QuantParts) and _owns_linear_weight(model, name):
+            kept.setdefault(name, {})[shard] = tensor
+        else:
+            dest.copy_(tensor.dequantize(dest.dtype) if isinstance(tensor, QuantParts) else tensor)
         filled[name].add(shard)
+    _check_filled(filled, shard_sizes)
+    _install_quantized(model, kept, filled, params, shard_sizes)
+
+
+def _owns_linear_weight(model: nn.Module, name: str) -> bool:
+    from .layers import Linear
+
+    path, _, leaf = name.rpartition(".")
+    return leaf == "weight" and type(model.get_submodule(path)) is Linear
+
+
+def _install_quantized(model, kept, filled, params, shard_sizes) -> None:
+    """Each Linear whose every part came quantized, in one format, becomes a QuantizedLinear; a stacked
+    weight mixing formats (or quantized and dense parts) is dequantised into its dense parameter."""
+    import kernels
+
+    from .layers import replace_linear
+
+    for name, parts in kept.items():
+        formats = {(p.bits, p.group_size) for p in parts.values()}
+        if len(parts) == len(filled[name]) and len(formats) == 1:
+            order = sorted(parts, key=lambda s: -1 if s is None else s)
+            cat = lambda attr: torch.cat([getattr(parts[s], attr) for s in order])  # noqa: E731
+            bits, group = formats.pop()
+            kind = "+".join(sorted({p.kind for p in parts.values()}))
+            replace_linear(model, name, kernels.pack_codes(cat("codes"), cat("scales"), cat("offsets"), bits, group),
+                           kind)
+            continue
+        for shard, part in parts.items():
+            dest = params[name].data
+            if shard is not None:
+                sizes = shard_sizes[name]
+                dest = dest.narrow(0, sum(sizes[:shard]), sizes[shard])
+            dest.copy_(part.dequantize(dest.dtype))
+
+
+def _check_filled(filled: dict[str, set], shard_sizes) -> None:
     for name, shards in filled.items():
         need = set(range(len(shard_sizes[name]))) if name in shard_sizes else {None}
         if shards != need:

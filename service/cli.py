@@ -38,7 +38,11 @@ def serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="a model to serve: a Hugging Face folder, a .gguf file, a hub id or a default model name, "
              "optionally named (NAME=PATH). Repeatable. Default: " + " and ".join(DEFAULT_MODELS))
     add("--dtype", default=_env("dtype", "auto"), choices=["auto", "float32", "bfloat16", "float16"],
-        help="weights and activations (auto: bfloat16 on CUDA, float32 on CPU)")
+        help="activations and full-precision weights (auto: bfloat16 on CUDA and for quantized weights "
+             "on CPU, float32 otherwise)")
+    add("--quantization", default=_env("quantization", "auto"), choices=["auto", "none", "int8", "int4"],
+        help="weights: auto keeps a GGUF's Q4_0/Q4_1/Q8_0/Q4_K blocks quantized (full precision for "
+             "safetensors); none dequantises; int8/int4 quantise a decoder's projections at load")
     add("--device", default=_env("device", "auto"), help="cpu, cuda or cuda:N (auto: cuda when available)")
     add("--api-key", default=_env("api_key"), help="require 'Authorization: Bearer KEY' on /v1/* and /tokenize")
     add("--max-num-seqs", type=int, default=int(_env("max_num_seqs", 64)), help="sequences per step (default 64)")
@@ -80,15 +84,23 @@ def model_specs(values: list[str] | None) -> list[tuple[str, str]]:
     return specs
 
 
+def model_dtype(requested: str, device: str, quantized: bool) -> str:
+    """--dtype auto: bfloat16 on CUDA; on CPU bfloat16 for quantized weights (torch's packed int4 kernels
+    are vectorised for 16-bit activations), float32 otherwise."""
+    if requested != "auto":
+        return requested
+    return "bfloat16" if device.startswith("cuda") or quantized else "float32"
+
+
 def _load_all(args, state, metrics) -> None:
     import torch
 
     from models import load_model
+    from models.loader import runs_quantized
     from service.api.registry import ModelRegistry, ServedModel
     from service.engine import AsyncEngine, EmbeddingEngine, EngineConfig
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
     config = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                           kv_cache_memory=args.kv_cache_memory, max_model_len=args.max_model_len,
                           max_waiting_requests=args.max_waiting_requests, max_n=args.max_n)
@@ -97,9 +109,10 @@ def _load_all(args, state, metrics) -> None:
     from service import __version__
     from service.engine import LLMEngine
 
-    metrics.build_info.labels(__version__, backend_for(device), dtype, device).set(1)
+    metrics.build_info.labels(__version__, backend_for(device), args.dtype, device).set(1)
     for name, source in model_specs(args.model):
-        loaded = load_model(source, name=name, dtype=dtype, device=device)
+        dtype = model_dtype(args.dtype, device, runs_quantized(source, args.quantization))
+        loaded = load_model(source, name=name, dtype=dtype, device=device, quantization=args.quantization)
         if loaded.kind == "embed":
             embedder = EmbeddingEngine(loaded, observer=lambda b, t, n=name: metrics.on_embedding_batch(n, b, t))
             embedder.start()
@@ -110,7 +123,7 @@ def _load_all(args, state, metrics) -> None:
             metrics.watch_engine(name, engine)
             metrics.engine_info.labels(name, backend_for(device), dtype, device, str(config.block_size),
                                        str(config.max_num_seqs), str(config.max_num_batched_tokens),
-                                       str(engine.engine.block_manager.num_blocks)).set(1)
+                                       str(engine.engine.block_manager.num_blocks), loaded.quantization).set(1)
             registry.add(ServedModel(name, loaded, engine=engine))
         log.info("serving %s (%s) from %s", name, "embeddings" if loaded.kind == "embed" else "chat, completions",
                  loaded.source)

@@ -69,7 +69,7 @@ class Metrics:
                                 ["version", "kernel_backend", "dtype", "device"], registry=r)
         self.engine_info = Gauge(PREFIX + "engine_config_info", "Engine configuration", label +
                                  ["kernel_backend", "dtype", "device", "block_size", "max_num_seqs",
-                                  "max_num_batched_tokens", "num_gpu_blocks"], registry=r)
+                                  "max_num_batched_tokens", "num_gpu_blocks", "quantization"], registry=r)
         self._engines: dict[str, object] = {}
         self._lock = threading.Lock()
         self._seen_first: dict[tuple[str, str], float] = {}  # (model, request) -> time of last token

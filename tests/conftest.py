@@ -39,7 +39,9 @@ def minilm_path():
 
 @pytest.fixture(scope="session")
 def smollm(smollm_path):
-    return load_model(SMOLLM)
+    # dequantised: these tests hold the engine and models to transformers, which dequantises the GGUF
+    # (tests/models/test_quantized.py covers the GGUF kept quantized)
+    return load_model(SMOLLM, quantization="none")
 
 
 API_KEY = "test-key-123"

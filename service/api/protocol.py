@@ -156,6 +156,7 @@ class ModelCard(BaseModel):
     owned_by: str = "kernelserve"
     max_model_len: Optional[int] = None
     capabilities: list[str] = []
+    quantization: str = "none"  # what the weights run as: none, int8, int4, gguf:Q4_1, ...
 
 
 class ModelList(BaseModel):

@@ -281,3 +281,9 @@ def test_openapi_documents_the_real_errors(http):
         ref = responses["400"]["content"]["application/json"]["schema"]["$ref"]
         assert ref.endswith("/ErrorResponse")
     assert "HTTPValidationError" not in json.dumps(schema)
+
+
+def test_models_report_their_quantization(http):
+    cards = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
+    assert cards[SMOLLM]["quantization"] == "gguf:Q4_1"  # the default: the GGUF's blocks kept
+    assert cards[MINILM]["quantization"] == "none"
