@@ -5,11 +5,27 @@ a bad call fails loudly in Python instead of reading out of bounds in a kernel.
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Iterable, Sequence
 
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Index arguments (block tables, slots, positions) hold values a kernel dereferences. Kernels mask every
+# index outside its tensor (the entry is skipped, never read out of bounds). Launchers also check the
+# values and raise ValueError: always for CPU tensors; for device tensors only with
+# KERNELSERVE_CHECK_INDICES=always, since reading them back costs a device sync on every call.
+# "never" skips the check everywhere (tests of the kernels' own masking).
+CHECK_INDICES_ENV = "KERNELSERVE_CHECK_INDICES"
+
+
+def check_indices(t: torch.Tensor) -> bool:
+    """Whether to validate the values of index tensor ``t`` on the host now."""
+    mode = os.environ.get(CHECK_INDICES_ENV, "auto").strip().lower()
+    if mode not in ("auto", "always", "never"):
+        raise ValueError(f"{CHECK_INDICES_ENV}={mode!r}: expected auto, always or never")
+    return t.numel() > 0 and (mode == "always" or (mode == "auto" and t.device.type == "cpu"))
 
 
 def expect(condition: bool, message: str | Callable[[], str]) -> None:

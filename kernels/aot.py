@@ -116,7 +116,8 @@ def _paged_variants() -> Iterator[Variant]:
                     args = {n: "i32" for n in fn.arg_names if n.startswith("stride")}
                     args.update(Q=f"*{dt}", K_cache=f"*{dt}", V_cache=f"*{dt}", block_tables="*i32",
                                 seq_lens="*i32", O=f"*{dt}", O_part="*fp32", M_part="*fp32", L_part="*fp32",
-                                Bias="*fp32", bias_radius="i32", HAS_BIAS=group == 4,
+                                Bias="*fp32", bias_radius="i32", num_blocks="i32", table_width="i32",
+                                HAS_BIAS=group == 4,
                                 qk_scale="fp32", GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
                                 HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_SIZE=block_size,
                                 BLOCK_N=paged.paged_block_n(head_dim, getattr(torch, DTYPE_OF[dt])),
@@ -128,7 +129,7 @@ def _paged_variants() -> Iterator[Variant]:
             yield Variant(f"paged_attention_reduce {dt}", reduce_fn, args, 4, 2)
             store = paged._store_kv_kernel
             args = {n: "i32" for n in store.arg_names if n.startswith("stride")}
-            args.update(K=f"*{dt}", V=f"*{dt}", K_cache=f"*{dt}", V_cache=f"*{dt}", slot_mapping="*i64",
+            args.update(K=f"*{dt}", V=f"*{dt}", K_cache=f"*{dt}", V_cache=f"*{dt}", slot_mapping="*i64", num_slots="i32",
                         NUM_HEADS=8, HEADS_PAD=8, HEAD_DIM=80, BLOCK_D=128, BLOCK_SIZE=16)
             yield Variant(f"store_kv {dt}", store, args, 4, 3)
 
@@ -177,7 +178,7 @@ def _rotary_variants() -> Iterator[Variant]:
         for half in (16, 32, 40, 64):
             for neox in (True, False):
                 args = dict(Q=f"*{dt}", K=f"*{dt}", positions="*i64", cos_sin_cache="*fp32", stride_qt="i32",
-                            stride_qh="i32", stride_kt="i32", stride_kh="i32", stride_cache="i32",
+                            stride_qh="i32", stride_kt="i32", stride_kh="i32", stride_cache="i32", max_position="i32",
                             HQ=32, HQ_PAD=32, HKV=8, HKV_PAD=8, HALF=half, HALF_PAD=triton.next_power_of_2(half),
                             IS_NEOX=neox)
                 yield Variant(f"rotary half={half} {dt} neox={neox}", fn, args, 4, 3)

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from ._softmax import online_softmax_step
 from .flash_attention import check_position_bias, relative_bias_ref
-from ._validate import FLOAT_DTYPES, check_same_dtype, check_shape, check_tensor, expect
+from ._validate import FLOAT_DTYPES, check_indices, check_same_dtype, check_shape, check_tensor, expect
 
 LOG2E = 1.4426950408889634
 PARTITION = 512  # tokens per split; a multiple of every supported block size
@@ -52,7 +52,7 @@ BLOCK_SIZES = (16, 32)
 def _paged_attention_kernel(
     Q, K_cache, V_cache, block_tables, seq_lens, O, O_part, M_part, L_part, Bias,
     stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-    stride_bt, stride_ob, stride_oh, stride_bias, qk_scale, bias_radius,
+    stride_bt, stride_ob, stride_oh, stride_bias, qk_scale, bias_radius, num_blocks, table_width,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, PARTITION: tl.constexpr,
     NUM_SPLITS: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -79,8 +79,9 @@ def _paged_attention_kernel(
     acc = tl.zeros([GROUP_PAD, BLOCK_D], dtype=tl.float32)
     for tok0 in range(start, end, BLOCK_N):
         toks = tok0 + offs_n
-        t_ok = toks < end
+        t_ok = (toks < end) & (toks // BLOCK_SIZE < table_width)
         blocks = tl.load(block_tables + seq * stride_bt + toks // BLOCK_SIZE, mask=t_ok, other=0)
+        t_ok = t_ok & (blocks >= 0) & (blocks < num_blocks)  # a bad table entry is skipped, never read
         slots_k = blocks.to(tl.int64) * stride_kb + (toks % BLOCK_SIZE) * stride_ks + kv_head * stride_kh
         slots_v = blocks.to(tl.int64) * stride_vb + (toks % BLOCK_SIZE) * stride_vs + kv_head * stride_vh
         k = tl.load(K_cache + slots_k[None, :] + offs_d[:, None], mask=d_ok[:, None] & t_ok[None, :], other=0.0)
@@ -132,7 +133,7 @@ def _paged_attention_reduce_kernel(
 
 @triton.jit
 def _store_kv_kernel(
-    K, V, K_cache, V_cache, slot_mapping,
+    K, V, K_cache, V_cache, slot_mapping, num_slots,
     stride_kt, stride_kh, stride_vt, stride_vh,
     stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
     NUM_HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -141,7 +142,7 @@ def _store_kv_kernel(
     # grid: (tokens,); one program copies all KV heads of one token
     tok = tl.program_id(0)
     slot = tl.load(slot_mapping + tok).to(tl.int64)
-    if slot < 0:
+    if slot < 0 or slot >= num_slots:  # -1 skips a token; a slot past the cache is skipped, never written
         return
     block = slot // BLOCK_SIZE
     offset = slot % BLOCK_SIZE
@@ -179,8 +180,7 @@ def _check_paged_args(q, k_cache, v_cache, block_tables, seq_lens):
     check_tensor("seq_lens", seq_lens, ndim=1, dtypes=(torch.int32,), device=q.device)
     check_shape("block_tables", block_tables, (batch, None))
     check_shape("seq_lens", seq_lens, (batch,))
-    if batch and seq_lens.device.type == "cpu":
-        # on CUDA the engine owns these bounds; reading them back would sync every layer
+    if check_indices(seq_lens):  # the kernel masks out-of-range entries; see _validate.check_indices
         capacity = block_tables.shape[1] * k_cache.shape[1]
         longest = int(seq_lens.max())
         expect(int(seq_lens.min()) >= 0, "seq_lens: must be non-negative")
@@ -216,7 +216,7 @@ def paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, *, scale
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1), bias.stride(0), scale * LOG2E, radius,
-        GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=d, BLOCK_D=block_d,
+        k_cache.shape[0], block_tables.shape[1], GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=d, BLOCK_D=block_d,
         BLOCK_SIZE=block_size, BLOCK_N=paged_block_n(d, q.dtype), PARTITION=PARTITION, NUM_SPLITS=num_splits,
         HAS_BIAS=position_bias is not None,
         num_warps=paged_num_warps(group_pad, block_d), num_stages=2,
@@ -244,11 +244,13 @@ def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, *, scale=No
     if batch == 0:
         return torch.empty_like(q)
     nb, block_size, hkv, _ = k_cache.shape
-    if batch == 1 and position_bias is None and seq_lens.device.type == "cpu":
+    bad_blocks = (block_tables < 0) | (block_tables >= nb)  # skipped, as the kernel skips them
+    one = batch == 1 and position_bias is None and seq_lens.device.type == "cpu" and not bool(bad_blocks.any())
+    if one:
         ctx = int(seq_lens[0])  # one sequence (single-stream serving): its blocks cut to its length, no mask
         if ctx == 0:
             return torch.zeros_like(q)
-        block_tables, visible = block_tables[:, : -(-ctx // block_size)], None
+        block_tables = block_tables[:, : -(-ctx // block_size)]
     # index_select copies whole blocks: several times faster on the CPU than advanced indexing
     tables = block_tables.long().clamp(0, nb - 1).flatten()
     k = k_cache.index_select(0, tables).view(batch, -1, hkv, d).transpose(1, 2)  # [B, Hkv, ctx, D]
@@ -261,8 +263,8 @@ def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, *, scale=No
         rows = (seq_lens.long() - 1)[:, None]  # the query's position
         bias = relative_bias_ref(position_bias, rows, positions[None].expand(batch, -1))  # [B, H, 1, ctx]
         scores += bias.float().view(batch, hkv, hq // hkv, -1)
-    if batch > 1 or position_bias is not None or seq_lens.device.type != "cpu":
-        visible = positions[None, :] < seq_lens[:, None]  # [B, ctx]
+    if not one:
+        visible = (positions[None, :] < seq_lens[:, None]) & ~bad_blocks.repeat_interleave(block_size, dim=1)
         scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
     elif k.shape[2] > int(seq_lens[0]):  # one sequence: drop the tail of its last block
         scores = scores[..., : int(seq_lens[0])]
@@ -281,7 +283,7 @@ def _check_store_args(k, v, k_cache, v_cache, slot_mapping):
     check_tensor("slot_mapping", slot_mapping, ndim=1, dtypes=(torch.int32, torch.int64), device=k.device)
     check_shape("slot_mapping", slot_mapping, (k.shape[0],))
     expect(k.device == k_cache.device, lambda: f"k, k_cache: expected one device, got {k.device} and {k_cache.device}")
-    if slot_mapping.device.type == "cpu" and slot_mapping.numel():
+    if check_indices(slot_mapping):
         top = k_cache.shape[0] * k_cache.shape[1]
         expect(int(slot_mapping.max()) < top, lambda: f"slot_mapping: slots must be < {top} (num_blocks * block_size)")
         expect(int(slot_mapping.min()) >= -1, "slot_mapping: slots must be >= -1 (-1 skips a token)")
@@ -294,7 +296,7 @@ def store_kv_triton(k, v, k_cache, v_cache, slot_mapping) -> None:
         return
     hkv, d = k.shape[1], k.shape[2]
     _store_kv_kernel[(k.shape[0],)](
-        k, v, k_cache, v_cache, slot_mapping,
+        k, v, k_cache, v_cache, slot_mapping, k_cache.shape[0] * k_cache.shape[1],
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
@@ -307,12 +309,12 @@ def store_kv_ref(k, v, k_cache, v_cache, slot_mapping) -> None:
     """Torch path: one indexed copy per cache."""
     _check_store_args(k, v, k_cache, v_cache, slot_mapping)
     nb, bs, hkv, d = k_cache.shape
-    if slot_mapping.numel() and int(slot_mapping.min()) >= 0:  # the common case: no skipped tokens
-        slots = slot_mapping.long()
+    if slot_mapping.numel() and int(slot_mapping.min()) >= 0 and int(slot_mapping.max()) < nb * bs:
+        slots = slot_mapping.long()  # the common case: no skipped tokens
         k_cache.view(nb * bs, hkv, d).index_copy_(0, slots, k)
         v_cache.view(nb * bs, hkv, d).index_copy_(0, slots, v)
         return
-    keep = slot_mapping >= 0
+    keep = (slot_mapping >= 0) & (slot_mapping < nb * bs)  # -1 and slots past the cache are skipped
     slots = slot_mapping[keep].long()
     k_cache.view(nb * bs, hkv, d)[slots] = k[keep]
     v_cache.view(nb * bs, hkv, d)[slots] = v[keep]

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._validate import FLOAT_DTYPES, check_same_dtype, check_shape, check_tensor, expect
+from ._validate import FLOAT_DTYPES, check_indices, check_same_dtype, check_shape, check_tensor, expect
 
 
 @triton.jit
@@ -43,13 +43,15 @@ def _rotate_heads(X, tok, stride_t, stride_h, cos, sin, offs_r,
 
 @triton.jit
 def _rotary_kernel(
-    Q, K, positions, cos_sin_cache, stride_qt, stride_qh, stride_kt, stride_kh, stride_cache,
+    Q, K, positions, cos_sin_cache, stride_qt, stride_qh, stride_kt, stride_kh, stride_cache, max_position,
     HQ: tl.constexpr, HQ_PAD: tl.constexpr, HKV: tl.constexpr, HKV_PAD: tl.constexpr,
     HALF: tl.constexpr, HALF_PAD: tl.constexpr, IS_NEOX: tl.constexpr,
 ):
     # grid: (tokens,); every head of one token shares its cos/sin row
     tok = tl.program_id(0).to(tl.int64)
     pos = tl.load(positions + tok).to(tl.int64)
+    if pos < 0 or pos >= max_position:  # no cos/sin row to read: leave the token unrotated
+        return
     offs_r = tl.arange(0, HALF_PAD)
     r_ok = offs_r < HALF
     cos = tl.load(cos_sin_cache + pos * stride_cache + offs_r, mask=r_ok, other=0.0).to(tl.float32)
@@ -69,7 +71,7 @@ def _check_rotary_args(q, k, positions, cos_sin_cache):
     rot_dim = cos_sin_cache.shape[1]
     expect(rot_dim % 2 == 0 and 2 <= rot_dim <= q.shape[2],
            lambda: f"cos_sin_cache: rot_dim (dim 1) must be even and at most head dim {q.shape[2]}, got {rot_dim}")
-    if positions.device.type == "cpu" and positions.numel():
+    if check_indices(positions):  # the kernel leaves a token with an out-of-range position unrotated
         expect(0 <= int(positions.min()) and int(positions.max()) < cos_sin_cache.shape[0],
                lambda: f"positions: must lie in [0, {cos_sin_cache.shape[0]}) (cos_sin_cache rows)")
 
@@ -82,7 +84,7 @@ def rotary_triton(q, k, positions, cos_sin_cache, neox_style=True):
     half = cos_sin_cache.shape[1] // 2
     _rotary_kernel[(q.shape[0],)](
         q, k, positions, cos_sin_cache, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-        cos_sin_cache.stride(0),
+        cos_sin_cache.stride(0), cos_sin_cache.shape[0],
         HQ=q.shape[1], HQ_PAD=triton.next_power_of_2(q.shape[1]),
         HKV=k.shape[1], HKV_PAD=triton.next_power_of_2(k.shape[1]),
         HALF=half, HALF_PAD=triton.next_power_of_2(half), IS_NEOX=neox_style, num_warps=4,
@@ -105,8 +107,11 @@ def _rotate_ref(x, cos, sin, neox_style):
 def rotary_ref(q, k, positions, cos_sin_cache, neox_style=True):
     """Torch path: vectorised over tokens and heads, in place."""
     _check_rotary_args(q, k, positions, cos_sin_cache)
-    cos, sin = cos_sin_cache.index_select(0, positions.long()).float().chunk(2, dim=-1)  # [T, rot/2] each
-    cos, sin = cos[:, None, :], sin[:, None, :]
+    rows = positions.long()
+    outside = (rows < 0) | (rows >= cos_sin_cache.shape[0])  # left unrotated, as the kernel leaves them
+    cos, sin = cos_sin_cache.index_select(0, rows.clamp(0, cos_sin_cache.shape[0] - 1)).float().chunk(2, dim=-1)
+    cos = torch.where(outside[:, None], 1.0, cos)[:, None, :]  # [T, 1, rot/2]: the identity rotation there
+    sin = torch.where(outside[:, None], 0.0, sin)[:, None, :]
     _rotate_ref(q, cos, sin, neox_style)
     _rotate_ref(k, cos, sin, neox_style)
     return q, k

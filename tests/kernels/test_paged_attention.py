@@ -100,7 +100,9 @@ def test_store_kv_writes_exact_slots(impl, device, dtype, block_size):
     assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
 
 
-def test_paged_rejects_bad_input(impl, device):
+def test_paged_rejects_bad_input(impl, device, monkeypatch):
+    # index values are checked on the host for CPU tensors always, for device tensors on request (a sync)
+    monkeypatch.setenv("KERNELSERVE_CHECK_INDICES", "always")
     k_cache = torch.randn(4, 16, 2, 64, device=device)
     q = torch.randn(2, 4, 64, device=device)
     tables = torch.zeros(2, 2, dtype=torch.int32, device=device)
@@ -133,3 +135,23 @@ def test_paged_single_sequence_path(impl, device, seq_len):
     q = rand(1, 8, 64, dtype=torch.float32, device=device, generator=g)
     out = PAGED[impl](q, k_cache, v_cache, tables, lens)
     assert_close(out, paged_f64(q, k_cache, v_cache, tables, lens, 1 / 8), torch.float32)
+
+
+def test_paged_kernels_skip_out_of_range_indices(impl, device, monkeypatch):
+    """Unchecked bad indices (device tensors by default) never reach memory: a block-table entry outside
+    the cache, or a sequence longer than its table, skips those tokens; a slot past the cache is not
+    written. (Before the kernels masked them, the GPU run read out of bounds.)"""
+    monkeypatch.setenv("KERNELSERVE_CHECK_INDICES", "never")
+    g = torch.Generator().manual_seed(5)
+    k_cache = rand(4, 16, 2, 64, dtype=torch.float32, device=device, generator=g)
+    v_cache = rand(4, 16, 2, 64, dtype=torch.float32, device=device, generator=g)
+    q = rand(2, 4, 64, dtype=torch.float32, device=device, generator=g)
+    tables = torch.tensor([[1, 10**6], [2, -7]], dtype=torch.int32, device=device)  # second blocks are bad
+    lens = torch.tensor([30, 40], dtype=torch.int32, device=device)  # 40 > the table's 32 slots too
+    out = PAGED[impl](q, k_cache, v_cache, tables, lens)
+    valid_only = paged_f64(q, k_cache, v_cache, tables[:, :1].cpu(), torch.tensor([16, 16]), 64 ** -0.5)
+    assert_close(out, valid_only, torch.float32)
+    k = rand(2, 2, 64, dtype=torch.float32, device=device, generator=g)
+    before = k_cache.clone()
+    STORE[impl](k, k, k_cache, v_cache, torch.tensor([3, 4 * 16], device=device))
+    assert torch.equal(k_cache[0, 3], k[0]) and torch.equal(k_cache.view(-1, 2, 64)[4:], before.view(-1, 2, 64)[4:])

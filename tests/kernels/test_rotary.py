@@ -51,7 +51,8 @@ def test_cos_sin_cache_layout():
     torch.testing.assert_close(cache[7], torch.cat([angles.cos(), angles.sin()]), atol=1e-6, rtol=0)
 
 
-def test_rotary_rejects_bad_input(impl, device):
+def test_rotary_rejects_bad_input(impl, device, monkeypatch):
+    monkeypatch.setenv("KERNELSERVE_CHECK_INDICES", "always")  # checked on the host for device tensors too
     q = torch.randn(3, 4, 64, device=device)
     k = torch.randn(3, 2, 64, device=device)
     cache = rotary_cos_sin_cache(64, 16).to(device)
@@ -61,3 +62,18 @@ def test_rotary_rejects_bad_input(impl, device):
         ROTARY[impl](q, k, torch.tensor([0, 1, 2], device=device), cache[:, :63])
     with pytest.raises(ValueError, match=r"k: expected shape \[3, \*, 64\]"):
         ROTARY[impl](q, k[:2], torch.tensor([0, 1, 2], device=device), cache)
+
+
+def test_rotary_leaves_out_of_range_positions_unrotated(impl, device, monkeypatch):
+    """An unchecked position outside the cos/sin table (device tensors by default) is never read:
+    that token stays as it was; the others rotate as usual."""
+    monkeypatch.setenv("KERNELSERVE_CHECK_INDICES", "never")
+    g = torch.Generator().manual_seed(8)
+    q = rand(4, 4, 64, dtype=torch.float32, device=device, generator=g)
+    k = rand(4, 2, 64, dtype=torch.float32, device=device, generator=g)
+    cache = rotary_cos_sin_cache(64, 16).to(device)
+    positions = torch.tensor([0, 15, 16, -3], device=device)
+    q0, k0 = q.clone(), k.clone()
+    ROTARY[impl](q, k, positions, cache)
+    assert torch.equal(q[2:], q0[2:]) and torch.equal(k[2:], k0[2:])
+    assert_close(q[:2], rotary_f64(q0[:2], positions[:2].cpu(), cache, True), torch.float32)
