@@ -102,8 +102,13 @@ def load_weights(model: nn.Module, tensors: Iterable[NamedTensor], rules: Checkp
         else:
             dest.copy_(tensor.dequantize(dest.dtype) if isinstance(tensor, QuantParts) else tensor)
         filled[name].add(shard)
+        if name in kept and filled[name] == _parts(name, shard_sizes):  # packed as soon as complete: the
+            _install_quantized(model, name, kept.pop(name), filled[name], params, shard_sizes)  # codes go
     _check_filled(filled, shard_sizes)
-    _install_quantized(model, kept, filled, params, shard_sizes)
+
+
+def _parts(name: str, shard_sizes) -> set:
+    return set(range(len(shard_sizes[name]))) if name in shard_sizes else {None}
 
 
 def _owns_linear_weight(model: nn.Module, name: str) -> bool:
@@ -113,34 +118,32 @@ def _owns_linear_weight(model: nn.Module, name: str) -> bool:
     return leaf == "weight" and type(model.get_submodule(path)) is Linear
 
 
-def _install_quantized(model, kept, filled, params, shard_sizes) -> None:
-    """Each Linear whose every part came quantized, in one format, becomes a QuantizedLinear; a stacked
+def _install_quantized(model, name: str, parts: dict, filled: set, params, shard_sizes) -> None:
+    """A Linear whose every part came quantized, in one format, becomes a QuantizedLinear; a stacked
     weight mixing formats (or quantized and dense parts) is dequantised into its dense parameter."""
     import kernels
 
     from .layers import replace_linear
 
-    for name, parts in kept.items():
-        formats = {(p.bits, p.group_size) for p in parts.values()}
-        if len(parts) == len(filled[name]) and len(formats) == 1:
-            order = sorted(parts, key=lambda s: -1 if s is None else s)
-            cat = lambda attr: torch.cat([getattr(parts[s], attr) for s in order])  # noqa: E731
-            bits, group = formats.pop()
-            kind = "+".join(sorted({p.kind for p in parts.values()}))
-            replace_linear(model, name, kernels.pack_codes(cat("codes"), cat("scales"), cat("offsets"), bits, group),
-                           kind)
-            continue
-        for shard, part in parts.items():
-            dest = params[name].data
-            if shard is not None:
-                sizes = shard_sizes[name]
-                dest = dest.narrow(0, sum(sizes[:shard]), sizes[shard])
-            dest.copy_(part.dequantize(dest.dtype))
+    formats = {(p.bits, p.group_size) for p in parts.values()}
+    if len(parts) == len(filled) and len(formats) == 1:
+        order = sorted(parts, key=lambda s: -1 if s is None else s)
+        cat = lambda attr: torch.cat([getattr(parts[s], attr) for s in order])  # noqa: E731
+        bits, group = formats.pop()
+        kind = "+".join(sorted({p.kind for p in parts.values()}))
+        replace_linear(model, name, kernels.pack_codes(cat("codes"), cat("scales"), cat("offsets"), bits, group), kind)
+        return
+    for shard, part in parts.items():
+        dest = params[name].data
+        if shard is not None:
+            sizes = shard_sizes[name]
+            dest = dest.narrow(0, sum(sizes[:shard]), sizes[shard])
+        dest.copy_(part.dequantize(dest.dtype))
 
 
 def _check_filled(filled: dict[str, set], shard_sizes) -> None:
     for name, shards in filled.items():
-        need = set(range(len(shard_sizes[name]))) if name in shard_sizes else {None}
+        need = _parts(name, shard_sizes)
         if shards != need:
             raise ModelError(f"checkpoint has no tensor for parameter {name!r}"
                              f"{'' if name not in shard_sizes else f' (parts {sorted(need - shards)})'}")
