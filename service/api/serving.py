@@ -215,8 +215,8 @@ class OpenAIServing:
         body = []
         for i, c in enumerate(choices):
             content = (text if req.echo else "") + c.text
-            body.append({"index": i, "message": {"role": "assistant", "content": content, "refusal": None,
-                                                   "tool_calls": []},
+            # no tool_calls key when there are none, as OpenAI answers (an empty list reads as "called none")
+            body.append({"index": i, "message": {"role": "assistant", "content": content, "refusal": None},
                          "logprobs": chat_logprobs(tok, c.logprobs) if req.logprobs else None,
                          "finish_reason": _finish_reason(c.finish_reason), "stop_reason": c.stop_reason})
         return {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": served.name,

@@ -23,6 +23,7 @@ def test_models_list(client):
 def test_chat_non_streamed(client):
     r = client.chat.completions.create(model=SMOLLM, messages=CHAT, max_tokens=20, temperature=0)
     assert "Paris" in r.choices[0].message.content
+    assert r.choices[0].message.tool_calls is None  # absent when there are none, as OpenAI's
     assert r.choices[0].finish_reason in ("stop", "length") and r.object == "chat.completion"
     assert r.usage.completion_tokens > 0 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
     assert r.system_fingerprint and r.created > 0
