@@ -72,14 +72,18 @@ class QuantizedWeight:
         return torch.stack([self.qweight & 0xF, self.qweight >> 4], dim=-1).reshape(self.shape)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``scales * codes + offsets`` in float32 (the GGUF dequantiser's arithmetic), then ``dtype``."""
-        g = self.group_size
-        w = self.codes().float() * self.scales.repeat_interleave(g, 1) + self.offsets.repeat_interleave(g, 1)
-        return w.to(dtype)
+        return dequantize_groups(self.codes(), self.scales, self.offsets, self.group_size, dtype)
 
     def to(self, device) -> "QuantizedWeight":
         return QuantizedWeight(self.qweight.to(device), self.scales.to(device), self.offsets.to(device),
                                self.bits, self.group_size)
+
+
+def dequantize_groups(codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group_size: int,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``scales * codes + offsets`` group-wise in float32 (the GGUF dequantiser's arithmetic), then ``dtype``."""
+    w = codes.float() * scales.repeat_interleave(group_size, 1) + offsets.repeat_interleave(group_size, 1)
+    return w.to(dtype)
 
 
 def pack_codes(codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, bits: int,

@@ -169,37 +169,36 @@ def load_folder(folder: str, dtype: torch.dtype, name: str) -> LoadedModel:
                        _eos_ids(folder, hf_cfg, tokenizer), pooling)
 
 
-def runs_quantized(source: str, quantization: str) -> bool:
-    """Whether ``load_model(source, quantization=...)`` would serve quantized weights."""
-    if quantization in ("int8", "int4"):
-        return True
-    if quantization != "auto":
-        return False
-    try:
-        return os.path.isfile(resolve_source(source))  # a GGUF file: its blocks are kept
-    except ModelError:
-        return False
+def _resolve_dtype(dtype: str | torch.dtype, device: str, quantized: bool) -> torch.dtype:
+    """``auto``: bfloat16 on CUDA, and on CPU for quantized weights (torch's packed int4 kernels are
+    vectorised for 16-bit activations); float32 otherwise."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" or quantized else torch.float32
+    if dtype not in DTYPES:
+        raise ModelError(f"dtype must be one of auto, {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
 
 
 def load_model(source: str, *, name: str | None = None, dtype: str | torch.dtype = "float32",
                device: str = "cpu", quantization: str = "auto") -> LoadedModel:
-    """Load ``source`` (folder, .gguf file, default model name or hub id) in ``dtype`` on ``device``.
+    """Load ``source`` (folder, .gguf file, default model name or hub id) in ``dtype`` on ``device``
+    (``dtype="auto"``: see :func:`_resolve_dtype`).
 
     ``quantization`` (see ``QUANTIZATIONS``): ``auto`` keeps a GGUF's Q4_0/Q4_1/Q8_0/Q4_K projection
     weights quantized (and Q6_K on CUDA; other types are dequantised, logged) and loads safetensors in
     full precision;
     ``none`` dequantises; ``int8``/``int4`` quantise the projections of a decoder at load.
     """
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ModelError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        dtype = DTYPES[dtype]
     if quantization not in QUANTIZATIONS:
         raise ModelError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
     name = name or source
     path = resolve_source(source)
+    gguf = os.path.isfile(path)
+    dtype = _resolve_dtype(dtype, device, quantization in ("int8", "int4") or (quantization == "auto" and gguf))
     log.info("loading %s from %s (%s, quantization %s)", name, path, str(dtype).removeprefix("torch."), quantization)
-    if os.path.isfile(path):
+    if gguf:
         keep = () if quantization != "auto" else tuple(
             gguf_file.KEPT_TYPES if torch.device(device).type == "cuda" else gguf_file.CPU_KEPT_TYPES)
         loaded = load_gguf(path, dtype, name, keep)

@@ -41,9 +41,9 @@ class QuantParts:
                           self.kind)
 
     def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
-        g = self.group_size
-        w = self.codes.float() * self.scales.repeat_interleave(g, 1) + self.offsets.repeat_interleave(g, 1)
-        return w.to(dtype)
+        from kernels.quant_gemm import dequantize_groups
+
+        return dequantize_groups(self.codes, self.scales, self.offsets, self.group_size, dtype)
 
 
 NamedTensor = tuple[str, str, "torch.Tensor | QuantParts"]  # (file, checkpoint key, tensor)

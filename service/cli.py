@@ -84,19 +84,10 @@ def model_specs(values: list[str] | None) -> list[tuple[str, str]]:
     return specs
 
 
-def model_dtype(requested: str, device: str, quantized: bool) -> str:
-    """--dtype auto: bfloat16 on CUDA; on CPU bfloat16 for quantized weights (torch's packed int4 kernels
-    are vectorised for 16-bit activations), float32 otherwise."""
-    if requested != "auto":
-        return requested
-    return "bfloat16" if device.startswith("cuda") or quantized else "float32"
-
-
 def _load_all(args, state, metrics) -> None:
     import torch
 
     from models import load_model
-    from models.loader import runs_quantized
     from service.api.registry import ModelRegistry, ServedModel
     from service.engine import AsyncEngine, EmbeddingEngine, EngineConfig
 
@@ -111,8 +102,8 @@ def _load_all(args, state, metrics) -> None:
 
     metrics.build_info.labels(__version__, backend_for(device), args.dtype, device).set(1)
     for name, source in model_specs(args.model):
-        dtype = model_dtype(args.dtype, device, runs_quantized(source, args.quantization))
-        loaded = load_model(source, name=name, dtype=dtype, device=device, quantization=args.quantization)
+        loaded = load_model(source, name=name, dtype=args.dtype, device=device, quantization=args.quantization)
+        dtype = str(loaded.dtype).removeprefix("torch.")
         if loaded.kind == "embed":
             embedder = EmbeddingEngine(loaded, observer=lambda b, t, n=name: metrics.on_embedding_batch(n, b, t))
             embedder.start()

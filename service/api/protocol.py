@@ -7,7 +7,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+from service.engine.sampling_params import INT64_MAX, INT64_MIN
+
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on inputs per embeddings request
 
 # integers the engine hands to torch (seeds, top-k) must fit int64

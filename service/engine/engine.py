@@ -245,9 +245,7 @@ class LLMEngine:
         """``fn(*args)``; if it raises, fail request ``request_id`` (recorded in ``failed``) and return None."""
         try:
             return fn(*args)
-        except Exception as err:
-            if is_unrecoverable(err):
-                raise
+        except Exception as err:  # _fail_requests re-raises what is unrecoverable
             failed.update((o.request_id, o) for o in self._fail_requests([self.requests[request_id]], stage, err))
             return None
 

@@ -101,11 +101,11 @@ def _candidates(logits: torch.Tensor, params: list[SamplingParams]) -> tuple[tor
     want = max([k for k in ks[:, 0].tolist() if k < vocab] + [FIRST_CANDIDATES if any(
         p.top_p < 1.0 and not 0 < p.top_k < vocab for p in params) else 1])
     lse = logits.logsumexp(-1, keepdim=True)
+    has_top_k = ks < vocab
     while True:
         vals, idx = logits.topk(min(want, vocab), dim=-1)  # sorted, highest first
         rank = torch.arange(vals.shape[1], device=logits.device)[None, :]
         vals = vals.masked_fill(rank >= ks, float("-inf"))
-        has_top_k = ks < vocab
         probs = (vals - torch.where(has_top_k, vals.logsumexp(-1, keepdim=True), lse)).exp()
         covered = has_top_k | (top_p >= 1.0) | (probs.sum(-1, keepdim=True) > top_p)
         if bool(covered.all()) or vals.shape[1] == vocab:
@@ -159,7 +159,7 @@ def _draw(logits: torch.Tensor, seqs: list[Sequence], generators: dict[int, torc
     params = [s.params for s in seqs]
     vocab = logits.shape[1]
     short = [i for i, p in enumerate(params) if 0 < p.top_k < vocab or p.top_p < 1.0]
-    full = [i for i in range(len(seqs)) if i not in set(short)]
+    full = sorted(set(range(len(seqs))) - set(short))
     drawn = torch.empty(len(seqs), dtype=torch.long, device=logits.device)
     if short:
         vals, idx = _candidates(logits[short], [params[i] for i in short])

