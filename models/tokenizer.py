@@ -39,6 +39,23 @@ def _compile_template(source: str):
     return env.from_string(source)
 
 
+_OVERRIDES: dict[str, object] = {}  # request-supplied templates, compiled once each (a bounded cache)
+
+
+def _compiled_override(source: str):
+    if source not in _OVERRIDES:
+        from jinja2 import TemplateError
+
+        try:
+            compiled = _compile_template(source)
+        except TemplateError as err:
+            raise ChatTemplateError(f"the chat template does not compile: {err}") from None
+        if len(_OVERRIDES) >= 64:
+            _OVERRIDES.pop(next(iter(_OVERRIDES)))
+        _OVERRIDES[source] = compiled
+    return _OVERRIDES[source]
+
+
 @dataclass
 class Tokenizer:
     backend: HFTokenizer
@@ -72,8 +89,12 @@ class Tokenizer:
     def id_to_token(self, token_id: int) -> str | None:
         return self.backend.id_to_token(token_id)
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **extra) -> str:
-        if self._template is None:
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
+                            template: str | None = None, **extra) -> str:
+        """Render ``messages``; ``template`` replaces the tokenizer's own (a Jinja source, as vLLM's
+        ``chat_template``); ``extra`` becomes template variables (``tools``, ``documents``, ...)."""
+        compiled = self._template if template is None else _compiled_override(template)
+        if compiled is None:
             raise ChatTemplateError("this model's tokenizer has no chat template")
         context = {**self.special_tokens, "bos_token": self.bos_token or "", "eos_token": self.eos_token or "",
                    **extra}
@@ -81,7 +102,7 @@ class Tokenizer:
         from jinja2.exceptions import SecurityError
 
         try:
-            return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt, **context)
+            return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, **context)
         except (TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError) as err:
             if isinstance(err, (ChatTemplateError, SecurityError)):  # a sandbox escape is the template's fault
                 raise

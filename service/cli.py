@@ -56,6 +56,13 @@ def serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="waiting requests before answering 429 (default 1024)")
     add("--max-n", type=int, default=int(_env("max_n", 16)),
         help="largest n (and best_of for beam search) one request may ask for (default 16)")
+    add("--scheduling-policy", default=_env("scheduling_policy", "fcfs"), choices=["fcfs", "priority"],
+        help="fcfs: arrival order; priority: a request's 'priority' field orders the queue, lower first "
+             "(default fcfs; other values of 'priority' are refused under fcfs, as vLLM does)")
+    add("--log-requests", action="store_true", default=_env("log_requests", "") in ("1", "true"),
+        help="include each request's prompt and sampling parameters in its log line (default: off)")
+    add("--log-stats-interval", type=float, default=float(_env("log_stats_interval", 10)),
+        help="seconds between throughput lines while the engine is busy (default 10; 0 turns them off)")
     add("--max-request-bytes", type=parse_bytes, default=parse_bytes(_env("max_request_bytes", "1MiB")),
         help="largest request body before answering 413 (default 1MiB)")
     add("--shutdown-timeout", type=float, default=float(_env("shutdown_timeout", 30)),
@@ -94,7 +101,8 @@ def _load_all(args, state, metrics) -> None:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     config = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                           kv_cache_memory=args.kv_cache_memory, max_model_len=args.max_model_len,
-                          max_waiting_requests=args.max_waiting_requests, max_n=args.max_n)
+                          max_waiting_requests=args.max_waiting_requests, max_n=args.max_n,
+                          scheduling_policy=args.scheduling_policy)
     registry = ModelRegistry()
     from kernels import backend_for
     from service import __version__
@@ -109,7 +117,8 @@ def _load_all(args, state, metrics) -> None:
             embedder.start()
             registry.add(ServedModel(name, loaded, embedder=embedder))
         else:
-            engine = AsyncEngine(LLMEngine(loaded, config), observer=lambda e, outs, n=name: metrics.on_step(n, outs))
+            engine = AsyncEngine(LLMEngine(loaded, config), observer=lambda e, outs, n=name: metrics.on_step(n, outs),
+                                 log_stats_interval=args.log_stats_interval)
             engine.start()
             metrics.watch_engine(name, engine)
             metrics.engine_info.labels(name, backend_for(device), dtype, device, str(config.block_size),
@@ -128,7 +137,8 @@ def serve(args) -> int:
     from service.metrics import Metrics
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    state = ServerState(api_key=args.api_key, max_request_bytes=args.max_request_bytes)
+    state = ServerState(api_key=args.api_key, max_request_bytes=args.max_request_bytes,
+                        log_requests=args.log_requests)
     metrics = Metrics()
     app = build_app(state, metrics)
 

@@ -101,7 +101,7 @@ class Server:
 
 @pytest.fixture(scope="session")
 def server():
-    s = Server("--api-key", API_KEY, "--max-request-bytes", "65536")
+    s = Server("--api-key", API_KEY, "--max-request-bytes", "65536", "--log-stats-interval", "1")
     yield s
     s.stop()
 

@@ -17,8 +17,9 @@ from .convert import message_dicts, reject_invalid_unicode
 from .errors import ERROR_RESPONSES, APIError, document_errors, error_response, install_error_handlers
 from .gatekeeper import Gatekeeper, ServerState
 from .protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest, ModelCard,
-                       ModelList, TokenizeRequest)
+                       ModelList, ResponsesRequest, TokenizeRequest)
 from .registry import ModelRegistry
+from .responses import ResponsesServing
 from .serving import OpenAIServing, guarded_stream
 
 log = logging.getLogger("kernelserve.api")
@@ -26,8 +27,10 @@ __all__ = ["ServerState", "build_app"]
 
 
 def build_app(state: ServerState, metrics: Metrics) -> FastAPI:
-    app = FastAPI(title="kernelserve", version=__version__,
+    # /docs from the swagger-ui-bundle package, not a CDN: it renders offline; ReDoc has no such package
+    app = FastAPI(title="kernelserve", version=__version__, docs_url=None, redoc_url=None,
                   description="OpenAI-compatible inference on fused Triton kernels")
+    _serve_docs(app)
     app.state.server = state
     install_error_handlers(app)
     document_errors(app)
@@ -69,6 +72,10 @@ def build_app(state: ServerState, metrics: Metrics) -> FastAPI:
     async def completions(req: CompletionRequest, request: Request):
         return _respond(await serving().completion(req, request), request)
 
+    @app.post("/v1/responses", responses=ERROR_RESPONSES)
+    async def responses(req: ResponsesRequest, request: Request):
+        return _respond(await ResponsesServing(serving()).create(req, request), request)
+
     @app.post("/v1/embeddings", responses=ERROR_RESPONSES)
     async def embeddings(req: EmbeddingRequest, request: Request):
         result = await serving().embeddings(req, request)
@@ -102,6 +109,24 @@ def build_app(state: ServerState, metrics: Metrics) -> FastAPI:
         return {"prompt": served.loaded.tokenizer.decode(req.tokens, skip_special_tokens=False)}
 
     return app
+
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def _serve_docs(app: FastAPI) -> None:
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
 
 
 def _registry(state: ServerState) -> ModelRegistry:

@@ -3,25 +3,24 @@ from __future__ import annotations
 
 from models import ChatTemplateError, Tokenizer
 from service.engine import SamplingParams
+from service.engine.grammar import GrammarSpec
 
 from .errors import bad_request
 from .protocol import ChatCompletionRequest, ChatMessage, SamplingFields
+from .tools import Tool, hermes_history, template_supports_tools, with_default_tool_block
 
 MAX_LOGPROBS = 20
 MAX_PROMPTS = 2048  # prompts in one completions request (OpenAI's bound on batched inputs)
 
 
 def reject_unsupported_chat(req: ChatCompletionRequest) -> None:
-    """Fields we accept but cannot honour yet fail loudly instead of being ignored."""
-    if req.tools:
-        raise bad_request("tools / function calling is not supported yet", "tools", "unsupported_parameter")
-    if req.tool_choice not in (None, "none"):
-        raise bad_request("tool_choice is not supported yet", "tool_choice", "unsupported_parameter")
+    """Fields we accept but cannot honour fail loudly instead of being ignored."""
     if req.functions or req.function_call not in (None, "none"):
-        raise bad_request("functions / function_call are not supported yet", "functions", "unsupported_parameter")
-    if req.response_format and req.response_format.get("type") not in (None, "text"):
-        raise bad_request(f"response_format {req.response_format.get('type')!r} is not supported yet "
-                          "(only 'text')", "response_format", "unsupported_parameter")
+        raise bad_request("functions / function_call (deprecated by OpenAI) are not supported: use tools and "
+                          "tool_choice", "functions", "unsupported_parameter")
+    if req.continue_final_message and req.add_generation_prompt:
+        raise bad_request("continue_final_message and add_generation_prompt cannot both be true (set "
+                          "add_generation_prompt to false to continue the last message)", "continue_final_message")
     if req.audio or (req.modalities and set(req.modalities) - {"text"}):
         raise bad_request("audio output is not supported", "modalities", "unsupported_parameter")
     if req.prediction:
@@ -40,8 +39,10 @@ def reject_unsupported_common(req: SamplingFields) -> None:
     if req.use_beam_search and req.stream:
         raise bad_request("streaming is not supported with beam search: the best beams are known only at the end",
                           "stream", "unsupported_parameter")
-    if req.min_tokens:
-        raise bad_request("min_tokens is not supported yet", "min_tokens", "unsupported_parameter")
+    if req.prompt_logprobs is not None and not 0 <= req.prompt_logprobs <= MAX_LOGPROBS:
+        raise bad_request(f"prompt_logprobs must be between 0 and {MAX_LOGPROBS}", "prompt_logprobs")
+    if req.prompt_logprobs is not None and req.stream:
+        raise bad_request("prompt_logprobs is not available when streaming", "prompt_logprobs")
 
 
 # roles whose messages must carry content (OpenAI: only an assistant turn may leave it out)
@@ -98,31 +99,53 @@ def reject_bad_stream_options(req) -> None:
         raise bad_request("stream_options can only be set when stream is true", "stream_options")
 
 
-def chat_prompt(tokenizer: Tokenizer, req: ChatCompletionRequest, encoder_decoder: bool = False) -> tuple[str, list[int]]:
-    """The prompt text and ids of a chat request.
+def chat_prompt(tokenizer: Tokenizer, req: ChatCompletionRequest, encoder_decoder: bool = False,
+                tools: list[Tool] = ()) -> tuple[str, list[int]]:
+    """The prompt text and ids of a chat request, offering ``tools`` to the model.
 
     Encoder-decoders (T5, BART) whose tokenizer has no chat template take the
     last user message as their encoder input, encoded with the tokenizer's own
     special tokens (T5 appends ``</s>``).
     """
     messages = message_dicts(req.messages)
+    template = req.chat_template or tokenizer.chat_template
+    kwargs = dict(req.chat_template_kwargs or {})
+    if template_supports_tools(template):
+        if tools:
+            kwargs.setdefault("tools", [t.as_openai() for t in tools])
+    else:  # the template knows only text turns: earlier calls and results as text, tools in a system block
+        messages = hermes_history(messages)
+        if tools:
+            messages = with_default_tool_block(messages, list(tools))
     if encoder_decoder and not tokenizer.chat_template:
         users = [m for m in messages if m["role"] == "user"]
         if not users:
             raise bad_request("an encoder-decoder model needs a user message as its input", "messages")
         text = users[-1].get("content") or ""
         return text, tokenizer.encode(text)
-    kwargs = req.chat_template_kwargs or {}
-    reserved = sorted({"messages", "add_generation_prompt"} & set(kwargs))
+    reserved = sorted({"messages", "add_generation_prompt", "template"} & set(kwargs))
     if reserved:
         raise bad_request(f"chat_template_kwargs may not set {reserved}: the request sets them itself",
                           "chat_template_kwargs")
     try:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=req.add_generation_prompt, **kwargs)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=req.add_generation_prompt,
+                                             template=req.chat_template, **kwargs)
     except ChatTemplateError as err:
-        raise bad_request(f"chat template: {err}", "messages") from None
+        raise bad_request(f"chat template: {err}", "chat_template" if req.chat_template else "messages") from None
+    if req.continue_final_message:
+        text = _cut_after_final_message(text, messages[-1]["content"])
     # the template writes the special tokens itself (transformers' apply_chat_template does the same)
     return text, tokenizer.encode(text, add_special_tokens=False)
+
+
+def _cut_after_final_message(text: str, final: str) -> str:
+    """The rendered chat up to the end of the last message's content, so the model continues it
+    (transformers' ``continue_final_message``: whatever the template closes the turn with is dropped)."""
+    at = text.rfind(final.strip()) if final.strip() else -1
+    if at < 0:
+        raise bad_request("continue_final_message: the last message's content is not in the rendered prompt "
+                          "(it must be non-empty text)", "continue_final_message")
+    return text[:at + len(final.strip())]
 
 
 def completion_prompts(tokenizer: Tokenizer, prompt) -> list[tuple[str | None, list[int]]]:
@@ -157,8 +180,25 @@ def _logit_bias(bias: dict[str, float] | None, vocab: int) -> tuple[tuple[int, f
     return tuple(out)
 
 
+def _bad_words(words: list[str] | None, tokenizer: Tokenizer | None) -> tuple[tuple[int, ...], ...]:
+    """Each bad word as token sequences, with and without a leading space (vLLM's rule: a word is
+    tokenised both ways, since mid-text it usually follows a space)."""
+    if not words:
+        return ()
+    if any(not w.strip() for w in words):
+        raise bad_request("bad_words must not hold empty strings", "bad_words")
+    seqs = []
+    for word in words:
+        for variant in dict.fromkeys([word, " " + word.lstrip()]):
+            ids = tuple(tokenizer.encode(variant, add_special_tokens=False))
+            if ids and ids not in seqs:
+                seqs.append(ids)
+    return tuple(seqs)
+
+
 def to_sampling_params(req: SamplingFields, *, max_tokens: int | None, default_max: int, logprobs: int | None,
-                       vocab: int) -> SamplingParams:
+                       vocab: int, grammar: GrammarSpec | None = None,
+                       tokenizer: Tokenizer | None = None) -> SamplingParams:
     """The one place a request becomes engine parameters."""
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if any(not s for s in stop):
@@ -177,7 +217,9 @@ def to_sampling_params(req: SamplingFields, *, max_tokens: int | None, default_m
             stop_token_ids=tuple(req.stop_token_ids or ()), ignore_eos=req.ignore_eos, logprobs=logprobs,
             skip_special_tokens=req.skip_special_tokens, include_stop_str_in_output=req.include_stop_str_in_output,
             use_beam_search=req.use_beam_search, beam_width=req.best_of or req.n,
-            length_penalty=req.length_penalty, early_stopping=req.early_stopping,
+            length_penalty=req.length_penalty, early_stopping=req.early_stopping, grammar=grammar,
+            min_tokens=req.min_tokens, bad_words_token_ids=_bad_words(req.bad_words, tokenizer),
+            prompt_logprobs=req.prompt_logprobs, priority=req.priority,
         )
     except ValueError as err:
         param = str(err).split()[0]

@@ -8,6 +8,7 @@ OpenAI's body, logged once with its traceback and request id, counted like every
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -23,8 +24,8 @@ from .protocol import make_id
 log = logging.getLogger("kernelserve.api")
 
 PROTECTED = ("/v1/", "/tokenize", "/detokenize")
-OPEN = ("/health", "/metrics", "/version", "/docs", "/openapi.json", "/redoc")
-GENERATION_ROUTES = ("/v1/chat/completions", "/v1/completions")
+OPEN = ("/health", "/metrics", "/version", "/docs", "/openapi.json")  # /docs covers /docs-assets
+GENERATION_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 
 
 @dataclass
@@ -34,6 +35,36 @@ class ServerState:
     draining: bool = False
     api_key: str | None = None
     max_request_bytes: int = 1 << 20
+    log_requests: bool = False  # prompts and sampling parameters in the request log lines
+
+
+QUIET = ("/health", "/metrics")  # polled by orchestrators and Prometheus: their lines go to DEBUG
+
+
+@dataclass
+class RequestRecord:
+    """What one request did, filled in by the routes as it runs, logged in one line when it ends."""
+    start: float
+    model: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    first_token: float | None = None  # monotonic time of the first generated token
+    detail: str | None = None  # the prompt and parameters, with --log-requests
+    error: str | None = None  # an error response's code and message
+
+    def line(self, request_id: str, method: str, path: str, status: int, end: float) -> str:
+        parts = [request_id, method, path, str(status)]
+        if self.model is not None:
+            parts += [f"model={self.model}", f"prompt_tokens={self.prompt_tokens}",
+                      f"completion_tokens={self.completion_tokens}"]
+        if self.first_token is not None:
+            parts.append(f"ttft_ms={(self.first_token - self.start) * 1000:.0f}")
+        parts.append(f"total_ms={(end - self.start) * 1000:.0f}")
+        if self.error:
+            parts.append(f"error={self.error}")
+        if self.detail:
+            parts.append(self.detail)
+        return " ".join(parts)
 
 
 class Gatekeeper:
@@ -46,13 +77,16 @@ class Gatekeeper:
         start = time.monotonic()
         headers = Headers(scope=scope)
         request_id = headers.get("x-request-id") or make_id("req")
-        scope.setdefault("state", {})["request_id"] = request_id
+        record = RequestRecord(start)
+        scope.setdefault("state", {}).update(request_id=request_id, record=record)
         sent = {"status": None}
 
         async def send_with_id(message):
             if message["type"] == "http.response.start":
                 sent["status"] = message["status"]
                 MutableHeaders(scope=message).append("X-Request-Id", request_id)
+            elif sent["status"] >= 400 and record.error is None:
+                record.error = _error_summary(message.get("body", b""))
             await send(message)
 
         try:
@@ -63,15 +97,21 @@ class Gatekeeper:
             if sent["status"] is None:  # nothing sent yet: the client gets one 500 with OpenAI's body
                 await error_response(500, f"internal error ({type(err).__name__}) in request {request_id}",
                                      "internal_error")(scope, receive, send_with_id)
-        self._count(scope, sent["status"] or 500, time.monotonic() - start, request_id)
+        end = time.monotonic()
+        self._count(scope, sent["status"] or 500, end - start)
+        self._log(scope, sent["status"] or 500, end, request_id, record)
 
-    def _count(self, scope, status: int, elapsed: float, request_id: str) -> None:
+    def _count(self, scope, status: int, elapsed: float) -> None:
         route = getattr(scope.get("route"), "path", "unmatched")
         self.metrics.http_requests.labels(route, scope["method"], str(status)).inc()
         self.metrics.http_latency.labels(route, scope["method"]).observe(elapsed)
-        if status >= 500 and scope["path"] != "/health":  # /health's 503s are polled by orchestrators
-            log.warning("%s %s %s -> %d in %.0f ms", request_id, scope["method"], scope["path"], status,
-                        elapsed * 1000)
+
+    def _log(self, scope, status: int, end: float, request_id: str, record: RequestRecord) -> None:
+        """One line per request (a 5xx's traceback was logged where it happened)."""
+        path = scope["path"]
+        level = logging.DEBUG if path.startswith(QUIET) else logging.WARNING if status >= 500 else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(level, "%s", record.line(request_id, scope["method"], path, status, end))
 
     async def _admit(self, scope, headers: Headers, receive) -> tuple[Response | None, object]:
         """(a response refusing the request or None, the receive channel to pass on)."""
@@ -108,6 +148,15 @@ class Gatekeeper:
                 return error_response(429, f"Server busy: {full}. Retry later.", "queue_full",
                                       headers={"Retry-After": "1"})
         return None
+
+
+def _error_summary(body: bytes) -> str:
+    """``code: message`` of an OpenAI error body (what a 4xx line in the log says went wrong)."""
+    try:
+        err = json.loads(body)["error"]
+        return json.dumps(f"{err.get('code') or err.get('type')}: {err.get('message', '')}"[:300])
+    except (ValueError, KeyError, TypeError):
+        return "(no error body)"
 
 
 async def _read_body(receive, limit: int) -> bytes | None:

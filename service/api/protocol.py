@@ -66,7 +66,19 @@ class SamplingFields(OpenAIModel):
     best_of: Optional[int] = Field(None, ge=1)
     length_penalty: float = 1.0
     early_stopping: Union[bool, Literal["never"]] = False
-    min_tokens: int = 0
+    min_tokens: int = Field(0, ge=0)
+    bad_words: Optional[list[str]] = None
+    prompt_logprobs: Optional[int] = None
+    priority: int = 0
+    request_id: Optional[str] = Field(None, min_length=1, max_length=256)
+    # structured outputs: OpenAI's response_format, vLLM's structured_outputs and guided_* (see structured.py)
+    response_format: Optional[dict[str, Any]] = None
+    structured_outputs: Optional[dict[str, Any]] = None
+    guided_json: Optional[Union[dict[str, Any], str]] = None
+    guided_regex: Optional[str] = None
+    guided_choice: Optional[list[str]] = None
+    guided_grammar: Optional[str] = None
+    guided_decoding_backend: Optional[str] = None  # accepted; xgrammar is the one backend
     # OpenAI fields accepted and not acted on (they do not change the output)
     service_tier: Optional[str] = None
     store: Optional[bool] = None
@@ -80,7 +92,6 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: Optional[int] = None
     logprobs: bool = False
     top_logprobs: Optional[int] = None
-    response_format: Optional[dict[str, Any]] = None
     tools: Optional[list[dict[str, Any]]] = None
     tool_choice: Optional[Union[str, dict[str, Any]]] = None
     parallel_tool_calls: Optional[bool] = None
@@ -95,6 +106,8 @@ class ChatCompletionRequest(SamplingFields):
     # vLLM extras
     echo: bool = False
     add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template: Optional[str] = None
     chat_template_kwargs: Optional[dict[str, Any]] = None
 
 
@@ -103,6 +116,38 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     logprobs: Optional[int] = None
     suffix: Optional[str] = None
+
+
+class ResponsesRequest(OpenAIModel):
+    """``POST /v1/responses`` (OpenAI's Responses API); converted to a chat request in responses.py."""
+    model: str
+    input: Union[str, list[dict[str, Any]]]
+    instructions: Optional[str] = None
+    max_output_tokens: Optional[int] = Field(None, ge=1)
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+    text: Optional[dict[str, Any]] = None
+    tools: Optional[list[dict[str, Any]]] = None
+    tool_choice: Optional[Union[str, dict[str, Any]]] = None
+    parallel_tool_calls: Optional[bool] = None
+    stream: bool = False
+    store: Optional[bool] = None  # accepted; responses are not kept (previous_response_id is refused)
+    previous_response_id: Optional[str] = None
+    metadata: Optional[dict[str, str]] = None
+    user: Optional[str] = None
+    reasoning: Optional[dict[str, Any]] = None
+    truncation: Optional[Literal["auto", "disabled"]] = None
+    include: Optional[list[str]] = None
+    background: Optional[bool] = None
+    service_tier: Optional[str] = None
+    prompt_cache_key: Optional[str] = None
+    safety_identifier: Optional[str] = None
+    max_tool_calls: Optional[int] = None
+    # vLLM's extras that make sense here
+    seed: Optional[Int64] = None
+    top_k: Optional[Int64] = None
+    request_id: Optional[str] = Field(None, min_length=1, max_length=256)
 
 
 class EmbeddingRequest(OpenAIModel):
@@ -128,8 +173,9 @@ class DetokenizeRequest(OpenAIModel):
 
 # -- responses ------------------------------------------------------------------------------------
 
-def make_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+def make_id(prefix: str, request_id: str | None = None) -> str:
+    """``prefix-<random>``, or ``prefix-<request_id>`` for a client-chosen id (vLLM's ``request_id``)."""
+    return f"{prefix}-{request_id or uuid.uuid4().hex}"
 
 
 class Usage(BaseModel):

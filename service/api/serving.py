@@ -15,12 +15,15 @@ from models import Tokenizer
 from service import __version__
 from service.engine import (EngineDead, QueueFull, RequestError, RequestFailed, RequestOutput, SamplingParams,
                             TokenLogprob)
+from service.engine.grammar import GrammarError
 
 from .convert import (chat_prompt, completion_prompts, reject_invalid_unicode, reject_unsupported_chat,
                       reject_unsupported_common, to_sampling_params)
 from .errors import APIError, bad_request, error_body
 from .protocol import MAX_EMBEDDING_INPUTS, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, make_id
 from .registry import ModelRegistry, ServedModel
+from .structured import request_grammar
+from .tools import ToolPlan
 
 FINGERPRINT = f"kernelserve-{__version__}"
 
@@ -47,6 +50,8 @@ def engine_error(err: Exception) -> APIError:
         return APIError(429, f"Server busy: {err}. Retry later.", code="queue_full", headers={"Retry-After": "1"})
     if isinstance(err, EngineDead):
         return APIError(503, f"{err}; the server must be restarted", code="engine_dead")
+    if isinstance(err, RequestFailed) and err.client_error:  # e.g. a grammar this vocabulary cannot finish
+        return APIError(400, str(err), code="invalid_request", param=err.param)
     return APIError(500, str(err), code="engine_error")  # RequestFailed: this request alone
 
 
@@ -61,20 +66,43 @@ def refuse_early(served: ServedModel) -> None:
         raise engine_error(err) from None
 
 
+def note_request(request: Request, served: ServedModel, prompt_text: str | None, params: SamplingParams) -> None:
+    """Name the model in the request's log line, and with --log-requests its prompt and parameters."""
+    record = getattr(request.state, "record", None)
+    if record is None:
+        return
+    record.model = served.name
+    if request.app.state.server.log_requests:
+        record.detail = f"prompt={(prompt_text or '')[:2000]!r} params={params}"
+
+
 async def start_generation(served: ServedModel, request_id: str, prompt_ids: list[int],
-                           params: SamplingParams) -> AsyncIterator[RequestOutput]:
-    """Submit to the engine and surface admission errors before any response bytes are sent."""
+                           params: SamplingParams, request: Request | None = None) -> AsyncIterator[RequestOutput]:
+    """Submit to the engine and surface admission errors before any response bytes are sent.
+    The request's log record counts its tokens and the time of its first one."""
     try:
         stream = await served.engine.generate(request_id, prompt_ids, params)
         first = await stream.__anext__()
     except ENGINE_ERRORS as err:
         raise engine_error(err) from None
+    record = getattr(request.state, "record", None) if request is not None else None
+
+    def count(out: RequestOutput) -> RequestOutput:
+        if record is not None:
+            new = sum(len(o.token_ids) for o in out.outputs)
+            record.completion_tokens += new
+            if new and record.first_token is None:
+                record.first_token = time.monotonic()
+        return out
+
+    if record is not None:
+        record.prompt_tokens += len(prompt_ids)
 
     async def chained():
         try:
-            yield first
+            yield count(first)
             async for out in stream:
-                yield out
+                yield count(out)
         finally:  # closing early (client gone) aborts the engine request
             await stream.aclose()
 
@@ -121,9 +149,10 @@ def _merge(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[tuple[i
                     raise item
                 else:
                     yield i, item
-        finally:
+        finally:  # stop the pumps before closing their streams (closing a running generator is an error)
             for t in tasks:
                 t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             for s in streams:
                 await s.aclose()
     return gen()
@@ -179,6 +208,44 @@ async def guarded_stream(events: AsyncIterator[str], on_error) -> AsyncIterator[
         await events.aclose()
 
 
+async def check_grammar(served: ServedModel, params: SamplingParams) -> None:
+    """Compile the request's grammar off the event loop (a large schema takes a while; the engine
+    thread then finds it cached), and turn an invalid one into a 400 naming its field."""
+    if params.grammar is None:
+        return
+    try:
+        await asyncio.to_thread(served.engine.engine.grammars.compile, params.grammar)
+    except GrammarError as err:
+        raise bad_request(str(err), err.param) from None
+
+
+def chat_deltas(events: list) -> list[dict]:
+    """Tool-stream events as chat ``delta`` objects (content text, or ``tool_calls`` entries)."""
+    deltas = []
+    for kind, value in events:
+        if kind == "content":
+            deltas.append({"content": value})
+        elif kind == "arguments":
+            deltas.append({"tool_calls": [{"index": 0, "function": {"arguments": value}}]})
+        else:  # "call" (whole) or "call_start" (named: arguments follow)
+            deltas.append({"tool_calls": [value.as_openai(streamed=True)]})
+    return deltas
+
+
+def prompt_logprobs_body(tok: Tokenizer, prompt_ids: list[int], entries: list | None) -> list | None:
+    """vLLM's shape: per prompt position None (the first token) or {token id: {logprob, rank, decoded_token}}."""
+    if entries is None:
+        return None
+    out = [None]
+    for token, entry in zip(prompt_ids[1:], entries):
+        logprob, rank, top = entry
+        items = {str(token): {"logprob": max(logprob, -9999.0), "rank": rank, "decoded_token": _token_str(tok, token)}}
+        for r, (t, lp) in enumerate(top, 1):
+            items.setdefault(str(t), {"logprob": max(lp, -9999.0), "rank": r, "decoded_token": _token_str(tok, t)})
+        out.append(items)
+    return out
+
+
 def _width(req) -> int:
     """How many sequences of a request share the KV cache at once."""
     return max(req.n, req.best_of or 1) if req.use_beam_search else req.n
@@ -189,45 +256,63 @@ class OpenAIServing:
         self.registry = registry
 
     # -- chat ------------------------------------------------------------------------------
-    def _chat_inputs(self, req: ChatCompletionRequest):
+    async def _chat_inputs(self, req: ChatCompletionRequest):
         served = self.registry.for_generation(req.model)
         reject_unsupported_chat(req)
         reject_unsupported_common(req)
         reject_invalid_unicode(req.model_dump(exclude_none=True))
         refuse_early(served)
+        plan = ToolPlan.of(req.tools, req.tool_choice, req.parallel_tool_calls)
+        grammar = request_grammar(req)
+        if plan.grammar is not None and grammar is not None:
+            raise bad_request("a forced tool_choice and a structured-output format cannot be combined",
+                              "tool_choice")
         tok = served.loaded.tokenizer
-        text, prompt_ids = chat_prompt(tok, req, served.loaded.is_encoder_decoder)
+        text, prompt_ids = chat_prompt(tok, req, served.loaded.is_encoder_decoder, plan.offered)
         requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         room = served.default_max_tokens(len(prompt_ids), _width(req))
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         params = to_sampling_params(req, max_tokens=requested, default_max=room, logprobs=logprobs,
-                                    vocab=served.loaded.config.vocab_size)
-        return served, text, prompt_ids, params
+                                    vocab=served.loaded.config.vocab_size, grammar=plan.grammar or grammar,
+                                    tokenizer=tok)
+        await check_grammar(served, params)
+        return served, text, prompt_ids, params, plan
 
     async def chat(self, req: ChatCompletionRequest, request: Request):
-        served, text, prompt_ids, params = self._chat_inputs(req)
-        request_id = make_id("chatcmpl")
-        stream = await start_generation(served, request_id, prompt_ids, params)
+        served, text, prompt_ids, params, plan = await self._chat_inputs(req)
+        request_id = make_id("chatcmpl", req.request_id)
+        note_request(request, served, text, params)
+        stream = await start_generation(served, request_id, prompt_ids, params, request)
         if req.stream:
-            return self._chat_stream(req, served, request_id, prompt_ids, text, stream)
-        choices, cached = await until_disconnect(request, self._collect(stream, params.n))
+            return self._chat_stream(req, served, request_id, prompt_ids, text, stream, plan)
+        choices, cached, prompt_lps = await until_disconnect(request, self._collect(stream, params.n))
         tok = served.loaded.tokenizer
         body = []
         for i, c in enumerate(choices):
-            content = (text if req.echo else "") + c.text
-            # no tool_calls key when there are none, as OpenAI answers (an empty list reads as "called none")
-            body.append({"index": i, "message": {"role": "assistant", "content": content, "refusal": None},
+            content, calls = plan.split(c.text)
+            message = {"role": "assistant", "content": content, "refusal": None}
+            if req.echo:
+                message["content"] = text + (content or "")
+            finish = _finish_reason(c.finish_reason)
+            if calls:  # no tool_calls key when there are none, as OpenAI answers
+                message["tool_calls"] = [call.as_openai() for call in calls]
+                finish = "tool_calls" if finish == "stop" else finish
+            body.append({"index": i, "message": message,
                          "logprobs": chat_logprobs(tok, c.logprobs) if req.logprobs else None,
-                         "finish_reason": _finish_reason(c.finish_reason), "stop_reason": c.stop_reason})
-        return {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": served.name,
-                "system_fingerprint": FINGERPRINT, "choices": body,
-                "usage": usage(len(prompt_ids), sum(len(c.token_ids) for c in choices), cached)}
+                         "finish_reason": finish, "stop_reason": c.stop_reason})
+        result = {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": served.name,
+                  "system_fingerprint": FINGERPRINT, "choices": body,
+                  "usage": usage(len(prompt_ids), sum(len(c.token_ids) for c in choices), cached)}
+        if req.prompt_logprobs is not None:
+            result["prompt_logprobs"] = prompt_logprobs_body(tok, prompt_ids, prompt_lps)
+        return result
 
-    async def _collect(self, stream, n: int) -> tuple[list[Choice], int]:
+    async def _collect(self, stream, n: int) -> tuple[list[Choice], int, list | None]:
         choices = [Choice() for _ in range(n)]
-        cached = 0
+        cached, prompt_lps = 0, None
         async for out in stream:
             cached = out.num_cached_tokens
+            prompt_lps = out.prompt_logprobs or prompt_lps
             for o in out.outputs:
                 c = choices[o.index]
                 c.text += o.text
@@ -235,9 +320,9 @@ class OpenAIServing:
                 c.logprobs += o.logprobs or []
                 if o.finish_reason:
                     c.finish_reason, c.stop_reason = o.finish_reason, o.stop_reason
-        return choices, cached
+        return choices, cached, prompt_lps
 
-    async def _chat_stream(self, req, served, request_id, prompt_ids, prompt_text, stream):
+    async def _chat_stream(self, req, served, request_id, prompt_ids, prompt_text, stream, plan: ToolPlan):
         created, tok = int(time.time()), served.loaded.tokenizer
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": served.name,
@@ -252,15 +337,20 @@ class OpenAIServing:
         for i in range(req.n):
             yield chunk(i, {"role": "assistant", "content": prompt_text if req.echo else ""})
         completion_tokens, cached = 0, 0
+        tool_streams = [plan.stream() for _ in range(req.n)]
         async for out in stream:
             cached = out.num_cached_tokens
             for o in out.outputs:
                 completion_tokens += len(o.token_ids)
                 lp = chat_logprobs(tok, o.logprobs) if req.logprobs and o.logprobs else None
-                if o.text or lp:
-                    yield chunk(o.index, {"content": o.text}, logprobs=lp)
+                ts = tool_streams[o.index]
+                deltas = chat_deltas(ts.feed(o.text) + (ts.finish() if o.finish_reason else []))
+                for k, delta in enumerate(deltas or ([{}] if lp else [])):
+                    yield chunk(o.index, delta, logprobs=lp if k == 0 else None)
                 if o.finish_reason:
-                    yield chunk(o.index, {}, _finish_reason(o.finish_reason), stop_reason=o.stop_reason)
+                    finish = _finish_reason(o.finish_reason)
+                    yield chunk(o.index, {}, "tool_calls" if ts.called and finish == "stop" else finish,
+                                stop_reason=o.stop_reason)
         if include_usage:
             yield sse({**base, "choices": [], "usage": usage(len(prompt_ids), completion_tokens, cached)})
         yield sse("[DONE]")
@@ -275,15 +365,19 @@ class OpenAIServing:
             raise bad_request("suffix (fill-in-the-middle) is not supported yet", "suffix", "unsupported_parameter")
         tok = served.loaded.tokenizer
         prompts = completion_prompts(tok, req.prompt)
-        base_id = make_id("cmpl")
+        base_id = make_id("cmpl", req.request_id)
+        grammar = request_grammar(req)
         streams, metas = [], []
         try:
             for i, (text, ids) in enumerate(prompts):
                 room = served.default_max_tokens(len(ids), _width(req))
                 params = to_sampling_params(req, max_tokens=req.max_tokens if req.max_tokens is not None else 16,
                                             default_max=room, logprobs=req.logprobs,
-                                            vocab=served.loaded.config.vocab_size)
-                streams.append(await start_generation(served, f"{base_id}-{i}", ids, params))
+                                            vocab=served.loaded.config.vocab_size, grammar=grammar, tokenizer=tok)
+                if i == 0:
+                    await check_grammar(served, params)
+                    note_request(request, served, text, params)
+                streams.append(await start_generation(served, f"{base_id}-{i}", ids, params, request))
                 metas.append((text if text is not None else tok.decode(ids, skip_special_tokens=False), ids))
         except BaseException:
             for s in streams:
@@ -297,9 +391,10 @@ class OpenAIServing:
     async def _completion_body(self, req, served, base_id, metas, merged):
         n, tok = req.n, served.loaded.tokenizer
         choices = [Choice() for _ in range(n * len(metas))]
-        cached = 0
+        cached, prompt_lps = 0, [None] * len(metas)
         async for i, out in merged:
             cached += out.num_cached_tokens if out.finished else 0
+            prompt_lps[i] = out.prompt_logprobs or prompt_lps[i]
             for o in out.outputs:
                 c = choices[i * n + o.index]
                 c.text += o.text
@@ -313,6 +408,8 @@ class OpenAIServing:
             body.append({"index": k, "text": prompt_text + c.text, "finish_reason": _finish_reason(c.finish_reason),
                          "stop_reason": c.stop_reason,
                          "logprobs": completion_logprobs(tok, c.logprobs, len(prompt_text)) if req.logprobs is not None else None})
+            if req.prompt_logprobs is not None:
+                body[-1]["prompt_logprobs"] = prompt_logprobs_body(tok, metas[k // n][1], prompt_lps[k // n])
         prompt_tokens = sum(len(ids) for _, ids in metas)
         return {"id": base_id, "object": "text_completion", "created": int(time.time()), "model": served.name,
                 "system_fingerprint": FINGERPRINT, "choices": body,

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -54,8 +55,33 @@ class _Sink:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
+class ThroughputLog:
+    """vLLM's periodic line while the engine is busy: prompt and generation throughput since the last
+    line, requests running and waiting, KV-cache usage. Silent while idle."""
+
+    def __init__(self, name: str, interval: float = 10.0):
+        self.name, self.interval = name, interval
+        self.last_time, self.last_prompt, self.last_generated = time.monotonic(), 0, 0
+
+    def maybe_log(self, stats: dict) -> None:
+        now = time.monotonic()
+        if now - self.last_time < self.interval:
+            return
+        prompt, generated = stats["prompt_tokens"], stats["generation_tokens"]
+        busy = stats["num_requests_running"] or stats["num_requests_waiting"]
+        if busy or prompt != self.last_prompt or generated != self.last_generated:
+            elapsed = now - self.last_time
+            log.info("%s: Avg prompt throughput: %.1f tokens/s, Avg generation throughput: %.1f tokens/s, "
+                     "Running: %d reqs, Waiting: %d reqs, KV cache usage: %.1f%%", self.name,
+                     (prompt - self.last_prompt) / elapsed, (generated - self.last_generated) / elapsed,
+                     stats["num_requests_running"], stats["num_requests_waiting"],
+                     100 * stats["kv_cache_usage_perc"])
+        self.last_time, self.last_prompt, self.last_generated = now, prompt, generated
+
+
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine, max_waiting_requests: int | None = None, observer=None):
+    def __init__(self, engine: LLMEngine, max_waiting_requests: int | None = None, observer=None,
+                 log_stats_interval: float = 10.0):
         self.engine = engine
         self.max_waiting = engine.config.max_waiting_requests if max_waiting_requests is None else max_waiting_requests
         self.observer = observer  # called on the engine thread with (engine, outputs) after each step
@@ -65,6 +91,7 @@ class AsyncEngine:
         self._thread = threading.Thread(target=self._loop, name=f"engine-{engine.loaded.name}", daemon=True)
         self._error: BaseException | None = None
         self._snapshot = engine.stats()
+        self._throughput = ThroughputLog(engine.loaded.name, log_stats_interval) if log_stats_interval > 0 else None
 
     def start(self) -> None:
         self._thread.start()
@@ -92,6 +119,8 @@ class AsyncEngine:
 
     async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
         self.check_admission()
+        if request_id in self._sinks:  # a client-chosen id already in flight: its stream must stay its own
+            raise RequestError(f"request id {request_id!r} is already in use", param="request_id")
         sink = _Sink(asyncio.get_running_loop())
         self._sinks[request_id] = sink
         self._inbox.put(_Add(request_id, prompt_token_ids, params, sink))
@@ -123,6 +152,8 @@ class AsyncEngine:
                 self._drain_inbox(block=not self.engine.has_unfinished())
                 if self.engine.has_unfinished():
                     self._deliver(self.engine.step())
+                if self._throughput is not None:
+                    self._throughput.maybe_log(self._snapshot)
         except BaseException as err:
             log.exception("engine loop stopped")
             self._error = err
@@ -179,6 +210,7 @@ class AsyncEngine:
             sink = self._sinks.get(out.request_id)
             if sink is None:
                 continue
-            sink.put(out if out.error is None else RequestFailed(out.request_id, out.error))
+            sink.put(out if out.error is None else RequestFailed(out.request_id, out.error, out.error_param,
+                                                                 out.client_error))
             if out.finished:
                 del self._sinks[out.request_id]

@@ -98,8 +98,10 @@ class BlockManager:
         block.ref_count += 1
 
     def _cacheable_blocks(self, seq: Sequence) -> list[int]:
-        # never take the whole sequence from the cache: the last token must be computed for its logits
-        return self._chain_hashes(seq.token_ids[: len(seq) - 1]) if self.enable_prefix_caching else []
+        # never take the whole sequence from the cache: the last token must be computed for its logits;
+        # nor any of a prompt whose logprobs are still owed (every position's logits are needed)
+        owed = seq.params.prompt_logprobs is not None and len(seq.prompt_logprobs) < len(seq.prompt_token_ids) - 1
+        return self._chain_hashes(seq.token_ids[: len(seq) - 1]) if self.enable_prefix_caching and not owed else []
 
     def can_allocate(self, seq: Sequence) -> bool:
         """Whether ``allocate(seq)`` would succeed (cached prefix blocks cost nothing new)."""

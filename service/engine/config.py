@@ -16,12 +16,17 @@ class EngineConfig:
     max_waiting_requests: int = 1024  # queue bound; more is refused (HTTP 429)
     enable_prefix_caching: bool = True
     max_n: int = 16  # largest n / best_of one request may ask for (vLLM-like); bounds a request's sequences
+    # "fcfs": arrival order; "priority": lowest request priority first (then arrival), and the highest is
+    # preempted first (vLLM's --scheduling-policy)
+    scheduling_policy: str = "fcfs"
 
     def __post_init__(self):
         if self.block_size not in (16, 32):
             raise ValueError(f"block_size must be 16 or 32, got {self.block_size}")
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
+        if self.scheduling_policy not in ("fcfs", "priority"):
+            raise ValueError(f"scheduling_policy must be 'fcfs' or 'priority', got {self.scheduling_policy!r}")
         if self.max_n < 1:
             raise ValueError("max_n must be at least 1")
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:

@@ -19,6 +19,7 @@ from .block_manager import BlockManager
 from .config import EngineConfig
 from .detokenize import TextState
 from .faults import RequestFailed, describe, is_unrecoverable
+from .grammar import GrammarError, Grammars
 from .model_runner import ModelRunner, kv_cache_blocks
 from .outputs import CompletionOutput, RequestOutput, RequestTimes, TokenLogprob
 from .sampler import sample
@@ -75,6 +76,7 @@ class LLMEngine:
         limit = min(loaded.max_model_len, num_blocks * config.block_size)
         self.max_model_len = min(limit, config.max_model_len or limit)
         self.eos_ids = set(loaded.eos_token_ids)
+        self.grammars = Grammars(loaded.tokenizer, loaded.config.vocab_size, sorted(self.eos_ids))
         self.requests: dict[str, Request] = {}
         self.generators: dict[int, torch.Generator] = {}
         self.counters = EngineCounters()
@@ -96,6 +98,9 @@ class LLMEngine:
         # build everything first, then commit: a failure half way leaves no trace in the scheduler
         texts = {s.seq_id: TextState.create(self.loaded.tokenizer, s.prompt_token_ids, params) for s in seqs}
         generators = {s.seq_id: self._generator(params.seed, s.index) for s in seqs if params.seed is not None}
+        if params.grammar is not None:
+            for s in seqs:
+                s.grammar = self.grammars.matcher(params.grammar)
         beam = None
         if params.use_beam_search:
             stops = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_ids)
@@ -117,12 +122,18 @@ class LLMEngine:
         vocab = self.loaded.config.vocab_size
         if any(not 0 <= t < vocab for t in prompt_token_ids):
             raise RequestError(f"prompt token ids must be in [0, {vocab})", param="prompt")
+        if params.priority and self.config.scheduling_policy != "priority":
+            raise RequestError("priority is only honoured when the server runs with --scheduling-policy priority",
+                               param="priority")
         width = params.beam_width if params.use_beam_search else params.n
         if width > self.config.max_n:
             name = "best_of" if params.use_beam_search else "n"
             raise RequestError(f"{name} must be at most {self.config.max_n} (the server's --max-n), got {width}",
                                param=name)
         if self.loaded.is_encoder_decoder:
+            if params.prompt_logprobs is not None:
+                raise RequestError("prompt_logprobs needs a decoder-only model (an encoder's input has no "
+                                   "next-token probabilities)", param="prompt_logprobs")
             self._check_encoder_input(prompt_token_ids, params)
         elif len(prompt_token_ids) + params.max_tokens > self.max_model_len:
             raise RequestError(
@@ -131,6 +142,11 @@ class LLMEngine:
                 f"{params.max_tokens} in the completion). Please reduce the length of the messages or completion.",
                 code="context_length_exceeded", param="messages")
         self._check_kv_capacity(len(prompt_token_ids), params, width)
+        if params.grammar is not None:
+            try:
+                self.grammars.compile(params.grammar)  # cached: the matchers reuse it
+            except GrammarError as err:
+                raise RequestError(str(err), param=err.param) from None
 
     def max_tokens_room(self, prompt_len: int, width: int = 1) -> int:
         """The most tokens a request may generate: what its context leaves, and what ``width``
@@ -216,7 +232,7 @@ class LLMEngine:
         if not plain:
             return failed
         try:
-            result = sample(logits[plain], [seqs[i] for i in plain], self.generators)
+            result = sample(logits[plain], [seqs[i] for i in plain], self.generators, self.eos_ids)
             picks = list(zip(plain, result.token_ids, result.logprobs))
         except Exception as err:
             if is_unrecoverable(err):
@@ -236,7 +252,7 @@ class LLMEngine:
             if seq.request_id in failed:
                 continue
             result = self._isolated(seq.request_id, "sampling", sample, logits[i:i + 1], [seq], self.generators,
-                                    failed=failed)
+                                    self.eos_ids, failed=failed)
             if result is not None:
                 picks.append((i, result.token_ids[0], result.logprobs[0]))
         return picks
@@ -257,8 +273,9 @@ class LLMEngine:
         """Fail ``reqs`` (free their blocks, forget them) because of ``err``; re-raise it if unrecoverable."""
         if is_unrecoverable(err):
             raise err
-        log.error("%s failed for %d request(s) %s", stage, len(reqs), ", ".join(r.request_id for r in reqs),
-                  exc_info=err)
+        client = isinstance(err, GrammarError)  # what the request asked cannot be done: not a server fault
+        log.log(logging.WARNING if client else logging.ERROR, "%s failed for %d request(s) %s", stage, len(reqs),
+                ", ".join(r.request_id for r in reqs), exc_info=None if client else err)
         outputs = []
         for req in reqs:
             for seq in req.seqs:
@@ -271,7 +288,8 @@ class LLMEngine:
             message = f"request {req.request_id} failed during {stage}: {describe(err)}"
             outputs.append(RequestOutput(req.request_id, req.prompt_token_ids, [], True, times=req.times,
                                          num_generated_tokens=sum(len(s.output_token_ids) for s in req.seqs),
-                                         error=message))
+                                         error=message, client_error=client,
+                                         error_param=getattr(err, "param", None) if client else None))
         return outputs
 
     def _reportable(self, request_id: str) -> bool:
@@ -355,6 +373,11 @@ class LLMEngine:
         if logprob is not None:
             news.logprobs.append(TokenLogprob(token, logprob[0], logprob[1]))
         reason = self._stop_reason(seq, token)
+        if seq.grammar is not None and reason is None:
+            if not seq.grammar.accept(token):  # the mask allows only what the grammar accepts
+                raise RuntimeError(f"token {token} was sampled against the request's grammar")
+            if seq.grammar.finished:
+                reason = FinishReason.STOP, None
         text = req.texts[seq.seq_id]
         if reason is None or reason[0] is FinishReason.LENGTH:  # stop/EOS tokens add no text
             if text.add_token(token):
@@ -398,7 +421,9 @@ class LLMEngine:
             del self.requests[req.request_id]
         cached = max((s.num_cached_tokens for s in req.seqs), default=0)
         generated = sum(len(s.output_token_ids) for s in req.seqs)
-        return RequestOutput(req.request_id, req.prompt_token_ids, outputs, finished, cached, req.times, generated)
+        prompt_lps = req.seqs[0].prompt_logprobs if finished and req.params.prompt_logprobs is not None else None
+        return RequestOutput(req.request_id, req.prompt_token_ids, outputs, finished, cached, req.times, generated,
+                             prompt_logprobs=prompt_lps)
 
     # -- introspection ------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -427,7 +452,7 @@ class LLMEngine:
         while self.has_unfinished():
             for out in self.step():
                 if out.error is not None:
-                    errors.append(RequestFailed(out.request_id, out.error))
+                    errors.append(RequestFailed(out.request_id, out.error, out.error_param, out.client_error))
                 for o in out.outputs:
                     acc = joined[out.request_id].setdefault(o.index, CompletionOutput.empty(o.index, o.logprobs is not None))
                     acc.text += o.text

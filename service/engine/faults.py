@@ -15,11 +15,12 @@ _FATAL_MARKERS = ("CUDA error", "device-side assert", "CUBLAS_STATUS_EXECUTION_F
 
 
 class RequestFailed(RuntimeError):
-    """One request failed inside the engine; the engine goes on serving the others (HTTP 500)."""
+    """One request failed inside the engine; the engine goes on serving the others. HTTP 500, or 400 when
+    ``param`` names the request field that made it impossible (a grammar the vocabulary cannot finish)."""
 
-    def __init__(self, request_id: str, message: str):
+    def __init__(self, request_id: str, message: str, param: str | None = None, client_error: bool = False):
         super().__init__(message)
-        self.request_id = request_id
+        self.request_id, self.param, self.client_error = request_id, param, client_error
 
 
 def is_unrecoverable(err: BaseException) -> bool:

@@ -124,6 +124,7 @@ class ModelRunner:
         extra = () if not self.loaded.is_encoder_decoder else (self._cross(out),)
         hidden = self.model(torch.tensor(tokens, device=self.device), torch.tensor(positions, device=self.device),
                             meta, self.kv_caches, *extra)
+        self._prompt_logprobs(out, hidden)
         rows, seqs, offset = [], [], 0
         for c in out.prefills:
             offset += c.end - c.start
@@ -136,3 +137,28 @@ class ModelRunner:
         if not rows:
             return torch.empty(0, device=self.device), []
         return self.model.logits(hidden[torch.tensor(rows, device=self.device)]), seqs
+
+    def _prompt_logprobs(self, out: SchedulerOutput, hidden: torch.Tensor) -> None:
+        """For prefill chunks of requests that asked for prompt logprobs: append to ``seq.prompt_logprobs``
+        one (logprob, rank, top [(token, logprob)]) per prompt token after the first, from the logits at the
+        position before it. A recompute after preemption adds nothing twice."""
+        offset = 0
+        for c in out.prefills:
+            seq, first = c.seq, c.start
+            offset += c.end - c.start
+            want = seq.params.prompt_logprobs
+            if want is None:
+                continue
+            # position p predicts token p + 1; prompt tokens 1 .. len(prompt) - 1 are owed, in order
+            positions = range(max(c.start, len(seq.prompt_logprobs)), min(c.end, len(seq.prompt_token_ids) - 1))
+            if not positions:
+                continue
+            rows = torch.tensor([offset - (c.end - first) + (p - first) for p in positions], device=self.device)
+            logp = self.model.logits(hidden[rows]).float().log_softmax(-1)
+            targets = torch.tensor([seq.prompt_token_ids[p + 1] for p in positions], device=self.device)
+            picked = logp.gather(1, targets[:, None])[:, 0]
+            ranks = (logp > picked[:, None]).sum(-1) + 1
+            top = logp.topk(want, dim=-1) if want else None
+            for k in range(len(positions)):
+                alts = list(zip(top.indices[k].tolist(), top.values[k].tolist())) if want else []
+                seq.prompt_logprobs.append((picked[k].item(), int(ranks[k]), alts))

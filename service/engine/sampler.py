@@ -1,4 +1,5 @@
-"""Batched sampling: logit bias, penalties, temperature, top-k, top-p, min-p, seeds and logprobs.
+"""Batched sampling: logit bias, penalties, banned tokens, grammars, temperature, top-k, top-p, min-p,
+seeds and logprobs.
 
 Everything is vectorised over the batch except drawing the random numbers:
 each seeded sequence draws from its own ``torch.Generator``, so its samples
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .grammar import mask_logits
 from .sampling_params import SamplingParams
 from .sequence import Sequence
 
@@ -55,6 +57,46 @@ def apply_penalties_and_bias(logits: torch.Tensor, seqs: list[Sequence]) -> torc
         logits = logits - _column([p.presence_penalty for p in params], logits.device) * (counts > 0)
         logits = logits - _column([p.frequency_penalty for p in params], logits.device) * counts
     return logits
+
+
+def _banned(seq: Sequence, stop_ids) -> set[int]:
+    """Tokens ``seq`` may not take next: its stop tokens before ``min_tokens`` (vLLM's min_tokens), and the
+    last token of each bad word whose other tokens end its output (vLLM's bad_words)."""
+    p, out = seq.params, seq.output_token_ids
+    banned = set()
+    if len(out) < p.min_tokens:
+        banned |= set(p.stop_token_ids) | (set() if p.ignore_eos else set(stop_ids))
+    for word in p.bad_words_token_ids:
+        prefix = word[:-1]
+        if len(out) >= len(prefix) and tuple(out[len(out) - len(prefix):]) == prefix:
+            banned.add(word[-1])
+    return banned
+
+
+def apply_bans(logits: torch.Tensor, seqs: list[Sequence], stop_ids=()) -> torch.Tensor:
+    """``logits`` with each row's banned tokens at -inf (a copy when any are; see :func:`_banned`)."""
+    if not any(s.params.min_tokens or s.params.bad_words_token_ids for s in seqs):
+        return logits
+    cells = [(row, t) for row, seq in enumerate(seqs) for t in _banned(seq, stop_ids) if t < logits.shape[1]]
+    if not cells:
+        return logits
+    rows, cols = zip(*cells)
+    return logits.index_put((torch.tensor(rows), torch.tensor(cols)),
+                            torch.tensor(float("-inf"), device=logits.device))
+
+
+def constrain(logits: torch.Tensor, seqs: list[Sequence], stop_ids=()) -> torch.Tensor:
+    """Bans, then each row's grammar. Where the two leave a row nothing (a finished JSON object that may only
+    end, under min_tokens), the grammar wins: structured output must stay valid."""
+    banned = apply_bans(logits, seqs, stop_ids)
+    states = [s.grammar for s in seqs]
+    constrained = mask_logits(banned, states)
+    if constrained is banned or banned is logits:
+        return constrained
+    dead = [i for i in range(len(seqs)) if states[i] is not None and bool(torch.isneginf(constrained[i]).all())]
+    if dead:
+        constrained[dead] = mask_logits(logits[dead], [states[i] for i in dead])
+    return constrained
 
 
 def _filter(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
@@ -173,11 +215,13 @@ def _draw(logits: torch.Tensor, seqs: list[Sequence], generators: dict[int, torc
     return drawn
 
 
-def sample(logits: torch.Tensor, seqs: list[Sequence], generators: dict[int, torch.Generator]) -> SampleResult:
-    """Choose one token per row of ``logits [N, V]`` (float32) for ``seqs``."""
+def sample(logits: torch.Tensor, seqs: list[Sequence], generators: dict[int, torch.Generator],
+           stop_ids=()) -> SampleResult:
+    """Choose one token per row of ``logits [N, V]`` (float32) for ``seqs``; ``stop_ids`` are the model's
+    end-of-sequence tokens (banned before a row's ``min_tokens``). Logprobs are of the raw logits, as vLLM's."""
     params = [s.params for s in seqs]
     raw = logits
-    logits = apply_penalties_and_bias(logits, seqs)
+    logits = constrain(apply_penalties_and_bias(logits, seqs), seqs, stop_ids)
     greedy = [p.greedy for p in params]
     chosen = logits.argmax(-1)
     if not all(greedy):

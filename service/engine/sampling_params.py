@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .grammar import GrammarSpec
+
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -30,6 +32,15 @@ class SamplingParams:
     beam_width: int = 1
     length_penalty: float = 1.0
     early_stopping: bool | str = False  # True, False (heuristic) or "never", as transformers
+    # structured outputs: the output must match this grammar (see grammar.py)
+    grammar: GrammarSpec | None = None
+    # vLLM's extras: no EOS / stop token before min_tokens; token sequences never generated
+    min_tokens: int = 0
+    bad_words_token_ids: tuple[tuple[int, ...], ...] = ()
+    # vLLM's extras: logprobs of the prompt tokens (top alternatives per position); scheduling priority
+    # (lower runs first)
+    prompt_logprobs: int | None = None
+    priority: int = 0
 
     def __post_init__(self):
         checks = [
@@ -48,6 +59,10 @@ class SamplingParams:
             (not self.use_beam_search or self.beam_width >= self.n, "best_of (beam width) must be at least n"),
             (not self.use_beam_search or not self.stop, "stop strings are not supported with beam search"),
             (not self.use_beam_search or self.logprobs is None, "logprobs are not supported with beam search"),
+            (0 <= self.min_tokens <= self.max_tokens, "min_tokens must be in [0, max_tokens]"),
+            (not self.use_beam_search or self.grammar is None, "structured outputs are not supported with beam search"),
+            (self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20, "prompt_logprobs must be in [0, 20]"),
+            (all(self.bad_words_token_ids), "bad_words must not be empty"),
             (self.early_stopping in (True, False, "never"), "early_stopping must be true, false or 'never'"),
         ]
         for ok, message in checks:

@@ -7,6 +7,8 @@ arrival order as (chunked) prefills, up to ``max_num_seqs`` running. When a
 decoding sequence needs a block and none is free, the most recently admitted
 running sequence is preempted: its blocks are freed and it goes back to the
 front of the queue, to be recomputed (prompt + what it generated so far).
+Under the "priority" policy the queue is served by (priority, arrival) instead,
+and the running sequence with the largest (priority, arrival) is preempted.
 """
 from __future__ import annotations
 
@@ -84,7 +86,7 @@ class Scheduler:
                 budget -= n
                 continue
             while not self.blocks.can_append(seq):
-                victim = self.running[-1]
+                victim = self._victim()
                 self._preempt(victim, out)
                 if victim is seq:
                     break
@@ -96,8 +98,8 @@ class Scheduler:
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
         while budget > 0 and len(self.running) < self.config.max_num_seqs:
-            # FCFS: nobody overtakes the head of the queue (paused beams wait for their group)
-            seq = next((s for s in self.waiting if not s.paused), None)
+            # nobody overtakes the head of the queue (paused beams wait for their group)
+            seq = self._next_waiting()
             if seq is None or not self.blocks.can_allocate(seq):
                 break
             self.waiting.remove(seq)
@@ -107,6 +109,20 @@ class Scheduler:
             n = min(seq.num_uncomputed, budget)
             out.prefills.append(ScheduledChunk(seq, seq.num_computed_tokens, seq.num_computed_tokens + n))
             budget -= n
+
+    def _by_priority(self, seq: Sequence) -> tuple[int, float]:
+        return seq.params.priority, seq.arrival_time
+
+    def _next_waiting(self) -> Sequence | None:
+        ready = [s for s in self.waiting if not s.paused]
+        if self.config.scheduling_policy == "priority":
+            return min(ready, key=self._by_priority, default=None)
+        return ready[0] if ready else None
+
+    def _victim(self) -> Sequence:
+        if self.config.scheduling_policy == "priority":
+            return max(reversed(self.running), key=self._by_priority)  # ties: the latest admitted
+        return self.running[-1]
 
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
         self.running.remove(seq)

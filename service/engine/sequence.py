@@ -5,6 +5,7 @@ import enum
 import itertools
 from dataclasses import dataclass, field
 
+from .grammar import GrammarState
 from .sampling_params import SamplingParams
 
 
@@ -43,6 +44,8 @@ class Sequence:
     num_preemptions: int = 0
     encoder_token_ids: list[int] | None = None  # encoder-decoders: the encoder input (the "prompt")
     paused: bool = False  # beam search: logits taken, waiting for the other beams' before the next token
+    grammar: GrammarState | None = None  # structured outputs: where the output is in its grammar
+    prompt_logprobs: list = field(default_factory=list)  # prompt_logprobs: one entry per prompt token so far
 
     @property
     def token_ids(self) -> list[int]:

@@ -71,11 +71,11 @@ def test_sampling_fault_fails_only_its_request(smollm, prompts, reference, monke
     real_sample = engine_module.sample
     calls = {"n": 0}
 
-    def sample(logits, seqs, generators):
+    def sample(logits, seqs, generators, stop_ids=()):
         calls["n"] += 1
         if calls["n"] > 3 and any(s.request_id == "poison" for s in seqs):
             raise OverflowError("Overflow when unpacking long long")  # the seed 2**64 failure, injected
-        return real_sample(logits, seqs, generators)
+        return real_sample(logits, seqs, generators, stop_ids)
 
     monkeypatch.setattr(engine_module, "sample", sample)
     engine = LLMEngine(smollm)

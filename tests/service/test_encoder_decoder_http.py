@@ -46,3 +46,23 @@ def test_chat_and_completions_route_to_the_encoder(t5_server):
     streamed = "".join(c.choices[0].text for c in client.completions.create(
         model="t5-test", prompt=text, max_tokens=8, temperature=0, stream=True) if c.choices)
     assert streamed == expected
+
+
+def test_structured_output_on_the_encoder_decoder(t5_server):
+    """chat.completions.parse on a random T5: the grammar, not the weights, makes the answer valid."""
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    class Reading(BaseModel):
+        ok: bool
+        level: Literal["low", "high"]
+        code: str = Field(max_length=4)
+
+    server, _, _ = t5_server
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    for seed in (1, 2, 3):
+        done = client.chat.completions.parse(model="t5-test", messages=[{"role": "user", "content": "status?"}],
+                                             response_format=Reading, max_tokens=120, seed=seed)
+        assert done.choices[0].finish_reason == "stop"
+        assert isinstance(done.choices[0].message.parsed, Reading)

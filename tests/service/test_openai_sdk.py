@@ -120,7 +120,7 @@ def test_wrong_model_kind_and_unknown_model(client):
         client.embeddings.create(model=SMOLLM, input="x")
     with pytest.raises(openai.BadRequestError, match="tools"):
         client.chat.completions.create(model=SMOLLM, messages=CHAT, tools=[
-            {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])
+            {"type": "function", "function": {"name": "no spaces allowed", "parameters": {"type": "object"}}}])
 
 
 def test_beam_search_through_the_api(client):
