@@ -127,3 +127,16 @@ def test_a_grammar_the_vocabulary_cannot_finish_fails_alone_as_a_client_error(en
     assert failed.value.client_error and failed.value.param == "guided_regex"
     assert "vocabulary" in str(failed.value)
     assert not engine.requests and engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+def test_bitmask_unpacking_equals_xgrammar(smollm):
+    import xgrammar as xgr
+
+    from service.engine.grammar import _apply_bitmask
+
+    vocab = smollm.config.vocab_size + 7  # a width that is not a multiple of 32
+    bitmask = torch.randint(-2**31, 2**31 - 1, (3, (vocab + 31) // 32), dtype=torch.int32)
+    logits = torch.randn(3, vocab)
+    expected = logits.clone()
+    xgr.apply_token_bitmask_inplace(expected, bitmask)
+    assert torch.equal(_apply_bitmask(logits, bitmask), expected)
