@@ -7,6 +7,8 @@ Both are checked against a float64 computation written as plainly as possible.
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -21,10 +23,29 @@ TOLERANCES = {
     torch.float16: (2e-3, 2e-3),
     torch.bfloat16: (1.6e-2, 1.6e-2),
 }
-# On a GPU, fp32 dots run on TF32 tensor cores (10-bit mantissa, like fp16);
-# the interpreter's dots are exact numpy float32.
-CUDA_TF32 = (2e-3, 2e-3)
 DTYPES = list(TOLERANCES)
+# On a GPU, fp32 dots run on TF32 tensor cores: each operand is rounded to 11 significant bits (relative
+# error uniform in +-2^-11); the interpreter's dots are exact numpy float32.
+TF32_UNIT = 2.0 ** -11
+
+
+def tf32_tolerance(dot_rms: float) -> tuple[float, float]:
+    """(atol, rtol) for an fp32 result of TF32 dots whose exact values have RMS ``dot_rms``.
+
+    A dot of K terms x_i w_i, both operands rounded: error sum_i x_i w_i (e_xi + e_wi), a sum of K
+    independent terms with RMS sqrt(2/3) 2^-11 |x_i w_i|, so RMS sqrt(2/3) 2^-11 dot_rms (dot_rms =
+    sqrt(K) rms(x) rms(w): it grows with the reduction length). Six of those bound the largest error of
+    the thousands of outputs a test compares, plus one TF32 rounding of the result itself.
+    Attention: the score error (dot_rms = scale sqrt(d)) reaches the output through softmax weights
+    times values of RMS 1, and P V's own dot (weights summing to one) adds dot_rms 1.
+    """
+    atol = 6 * math.sqrt(2 / 3) * TF32_UNIT * dot_rms + TF32_UNIT
+    return atol, 2 * TF32_UNIT
+
+
+def attention_dot_rms(scale: float, head_dim: int) -> float:
+    """``tf32_tolerance``'s dot_rms for attention with unit-variance q, k, v (see there)."""
+    return 1 + scale * math.sqrt(head_dim)
 
 
 def triton_device() -> str | None:
@@ -47,14 +68,17 @@ def device(impl):
     return triton_device() if impl == "triton" else "cpu"
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, tf32: bool = True) -> None:
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, tf32: bool = True,
+                 dot_rms: float = 2.0) -> None:
     """Compare with the float64 reference under the dtype's tolerance.
 
-    ``tf32``: whether the op's fp32 path goes through ``tl.dot`` (TF32 on CUDA).
+    ``tf32``: whether the op's fp32 path goes through ``tl.dot`` (TF32 on CUDA); ``dot_rms``: the RMS of
+    its dot products (:func:`tf32_tolerance`). The default, 2, covers the tests' usual shapes: GEMMs with
+    weights scaled by 1/sqrt(K) (RMS 1 each, two chained in an FFN) and attention with scale 1/sqrt(d).
     """
     atol, rtol = TOLERANCES[dtype]
     if tf32 and dtype == torch.float32 and actual.device.type == "cuda":
-        atol, rtol = CUDA_TF32
+        atol, rtol = tf32_tolerance(dot_rms)
     assert actual.dtype == dtype, f"output dtype {actual.dtype}, expected {dtype}"
     assert not torch.isnan(actual).any(), "output has NaN"
     torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), atol=atol, rtol=rtol)

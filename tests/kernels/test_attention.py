@@ -8,7 +8,7 @@ import torch
 
 from kernels.flash_attention import attention_ref, attention_triton
 
-from .conftest import DTYPES, assert_close, cu_seqlens, rand
+from .conftest import DTYPES, assert_close, attention_dot_rms, cu_seqlens, rand
 
 IMPLS = {"triton": attention_triton, "torch": attention_ref}
 
@@ -65,7 +65,8 @@ def test_attention_matches_float64(impl, device, dtype, head_dim, heads, causal,
     out = IMPLS[impl](q, k, v, cu_seqlens(lens_q, device), cu_seqlens(lens_k, device),
                       max(lens_q), max(lens_k), causal=causal)
     assert out.shape == q.shape
-    assert_close(out, attention_f64(q, k, v, lens_q, lens_k, causal, scale), dtype)
+    assert_close(out, attention_f64(q, k, v, lens_q, lens_k, causal, scale), dtype,
+                 dot_rms=attention_dot_rms(scale, head_dim))
 
 
 @pytest.mark.parametrize("head_dim", [32, 96, 128, 256])
@@ -77,7 +78,8 @@ def test_attention_head_dims(impl, device, head_dim):
     v = rand(23, 2, head_dim, dtype=torch.float32, device=device)
     cu = cu_seqlens(lens, device)
     out = IMPLS[impl](q, k, v, cu, cu, 20, 20, causal=True, scale=0.3)
-    assert_close(out, attention_f64(q, k, v, lens, lens, True, 0.3), torch.float32)
+    assert_close(out, attention_f64(q, k, v, lens, lens, True, 0.3), torch.float32,
+                 dot_rms=attention_dot_rms(0.3, head_dim))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -92,7 +94,8 @@ def test_attention_relative_position_bias(impl, device, dtype, causal, case):
     bias = torch.randn(4, 2 * 8 + 1, device=device)  # radius 8: distances beyond saturate
     out = IMPLS[impl](q, k, v, cu_seqlens(lens_q, device), cu_seqlens(lens_k, device), max(lens_q), max(lens_k),
                       causal=causal, scale=1.0 / 8, position_bias=bias)
-    assert_close(out, attention_f64(q, k, v, lens_q, lens_k, causal, 1.0 / 8, bias.cpu()), dtype)
+    assert_close(out, attention_f64(q, k, v, lens_q, lens_k, causal, 1.0 / 8, bias.cpu()), dtype,
+                 dot_rms=attention_dot_rms(1.0 / 8, 64))
 
 
 def test_attention_rejects_bad_input(impl, device):

@@ -8,7 +8,7 @@ import torch
 
 from kernels.paged import PARTITION, paged_attention_ref, paged_attention_triton, store_kv_ref, store_kv_triton
 
-from .conftest import DTYPES, assert_close, rand
+from .conftest import DTYPES, assert_close, attention_dot_rms, rand
 
 PAGED = {"triton": paged_attention_triton, "torch": paged_attention_ref}
 STORE = {"triton": store_kv_triton, "torch": store_kv_ref}
@@ -64,7 +64,8 @@ def test_paged_attention_matches_float64(impl, device, dtype, head_dim, heads, b
     lens = torch.tensor(seq_lens, dtype=torch.int32, device=device)
     q = rand(len(seq_lens), hq, head_dim, dtype=dtype, device=device, generator=g)
     out = PAGED[impl](q, k_cache, v_cache, tables, lens)
-    assert_close(out, paged_f64(q, k_cache, v_cache, tables, lens, 1 / math.sqrt(head_dim)), dtype)
+    assert_close(out, paged_f64(q, k_cache, v_cache, tables, lens, 1 / math.sqrt(head_dim)), dtype,
+                 dot_rms=attention_dot_rms(1 / math.sqrt(head_dim), head_dim))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -79,7 +80,8 @@ def test_paged_attention_relative_position_bias(impl, device, dtype, seq_lens):
     q = rand(len(seq_lens), 4, 64, dtype=dtype, device=device, generator=g)
     bias = torch.randn(4, 2 * 20 + 1, generator=g).to(device)
     out = PAGED[impl](q, k_cache, v_cache, tables, lens, scale=1.0, position_bias=bias)
-    assert_close(out, paged_f64(q, k_cache, v_cache, tables, lens, 1.0, bias), dtype)
+    assert_close(out, paged_f64(q, k_cache, v_cache, tables, lens, 1.0, bias), dtype,
+                 dot_rms=attention_dot_rms(1.0, 64))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
