@@ -25,6 +25,7 @@ import triton.language as tl
 
 from ._backend import interpreting
 from ._validate import FLOAT_DTYPES, check_same_dtype, check_shape, check_tensor, expect
+from .tuning import Tuner, m_bucket
 
 ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh", "silu")
 _ACT_CODE = {None: 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
@@ -86,19 +87,6 @@ GATED_CONFIGS = {
 def configs_for(table: dict, dtype: torch.dtype) -> list:
     """The tile candidates for one operand dtype."""
     return table[torch.finfo(dtype).bits if torch.finfo(dtype).bits == 32 else 16]
-
-
-def _pruner(table: dict):
-    """Autotuner hook: keep only the candidates meant for the operands' dtype."""
-    def prune(configs, named_args, **kwargs):
-        allowed = configs_for(table, named_args["X"].dtype)
-        return [c for c in configs if c in allowed]
-    return prune
-
-
-def _m_bucket(m: int) -> int:
-    """Autotuning key for the token count: retune per power of two, not per batch."""
-    return min(triton.next_power_of_2(max(m, 1)), 4096)
 
 
 @triton.jit
@@ -164,29 +152,30 @@ def _gated_kernel(
     tl.store(y_ptrs, (gate * up).to(Y.dtype.element_ty), mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
 
 
-_linear_tuned = triton.autotune(
-    configs=LINEAR_CONFIGS[16] + LINEAR_CONFIGS[32], key=["M_BUCKET", "N", "K", "HAS_BIAS", "ACT"],
-    prune_configs_by={"early_config_prune": _pruner(LINEAR_CONFIGS)},
-)(_linear_kernel)
-_gated_tuned = triton.autotune(
-    configs=GATED_CONFIGS[16] + GATED_CONFIGS[32], key=["M_BUCKET", "N", "K", "ACT"],
-    prune_configs_by={"early_config_prune": _pruner(GATED_CONFIGS)},
-)(_gated_kernel)
+# tile choice per (dtype, token-count bucket, N, K, flags): timed once, persisted (kernels/tuning.py)
+LINEAR_TUNER = Tuner("linear", _linear_kernel, lambda dtype: configs_for(LINEAR_CONFIGS, dtype))
+GATED_TUNER = Tuner("gated", _gated_kernel, lambda dtype: configs_for(GATED_CONFIGS, dtype))
 
 
-def _launch(tuned, plain, table, config, M, N, args, kwargs):
-    """Launch through the autotuner, or with one fixed config.
+def tile_grid(M: int, N: int):
+    """The launch grid of a tile config: one program per output tile."""
+    return lambda c: (triton.cdiv(M, c.kwargs["BLOCK_M"]) * triton.cdiv(N, c.kwargs["BLOCK_N"]),)
+
+
+def _launch(tuner: Tuner, table, config, M, N, K, args, kwargs):
+    """Launch with the tuner's choice for this shape, or with one fixed config.
 
     The interpreter would time every config, so it runs ``config`` (default:
     the smallest tiles for the dtype) instead; tests pass a config to cover each one.
     """
+    dtype = args[0].dtype
     if config is None and not interpreting():
-        grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
-        tuned[grid](*args, **kwargs)
+        key = (str(dtype).removeprefix("torch."), m_bucket(M), N, K, *sorted(kwargs.items()))
+        tuner.launch(key, tile_grid(M, N), args, kwargs, (dtype,), device=args[0].device)
         return
-    config = config or configs_for(table, args[0].dtype)[-1]
-    grid = (triton.cdiv(M, config.kwargs["BLOCK_M"]) * triton.cdiv(N, config.kwargs["BLOCK_N"]),)
-    plain[grid](*args, **kwargs, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    config = config or configs_for(table, dtype)[-1]
+    tuner.kernel[tile_grid(M, N)(config)](*args, **kwargs, **config.kwargs, num_warps=config.num_warps,
+                                          num_stages=config.num_stages)
 
 
 def _check_linear_args(x, weight, bias, activation):
@@ -209,10 +198,10 @@ def linear_triton(x, weight, bias=None, activation=None, *, config=None):
     N = weight.shape[0]
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     if M and N:
-        args = (x2, weight, bias if bias is not None else weight, y, M, N, K, _m_bucket(M),
+        args = (x2, weight, bias if bias is not None else weight, y, M, N, K, m_bucket(M),
                 x2.stride(0), weight.stride(0), y.stride(0))
         kwargs = dict(HAS_BIAS=bias is not None, ACT=_ACT_CODE[activation])
-        _launch(_linear_tuned, _linear_kernel, LINEAR_CONFIGS, config, M, N, args, kwargs)
+        _launch(LINEAR_TUNER, LINEAR_CONFIGS, config, M, N, K, args, kwargs)
     return y.view(*x.shape[:-1], N)
 
 
@@ -232,9 +221,9 @@ def gated_product_triton(x, w_gate_up, activation="silu", *, config=None):
     N = w_gate_up.shape[0] // 2
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     if M and N:
-        args = (x2, w_gate_up, y, M, N, K, _m_bucket(M), x2.stride(0), w_gate_up.stride(0), y.stride(0))
+        args = (x2, w_gate_up, y, M, N, K, m_bucket(M), x2.stride(0), w_gate_up.stride(0), y.stride(0))
         kwargs = dict(ACT=_ACT_CODE[activation])
-        _launch(_gated_tuned, _gated_kernel, GATED_CONFIGS, config, M, N, args, kwargs)
+        _launch(GATED_TUNER, GATED_CONFIGS, config, M, N, K, args, kwargs)
     return y.view(*x.shape[:-1], N)
 
 

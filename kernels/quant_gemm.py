@@ -35,7 +35,15 @@ import triton.language as tl
 
 from ._backend import interpreting
 from ._validate import FLOAT_DTYPES, check_shape, check_tensor, expect
-from .gemm import _ACT_CODE, ACTIVATIONS, _activate, _m_bucket, _tile_ids, activation_ref
+from .gemm import (
+    _ACT_CODE,
+    ACTIVATIONS,
+    _activate,
+    _tile_ids,
+    activation_ref,
+    tile_grid,
+)
+from .tuning import Tuner, m_bucket
 
 log = logging.getLogger("kernelserve.kernels")
 
@@ -150,12 +158,6 @@ def quant_configs(dtype: torch.dtype, bits: int, group_size: int) -> list:
             if least <= c.kwargs["BLOCK_K"] <= group_size]
 
 
-def _prune(configs, named_args, **kwargs):
-    bits, group = (kwargs.get(k, named_args.get(k)) for k in ("BITS", "GROUP"))
-    allowed = quant_configs(named_args["X"].dtype, bits, group)
-    return [c for c in configs if c in allowed]
-
-
 @triton.jit
 def _quant_linear_kernel(
     X, Q, S, O, Bias, Y, M, N, K, M_BUCKET,
@@ -207,10 +209,7 @@ def _quant_linear_kernel(
     tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-_quant_tuned = triton.autotune(
-    configs=QUANT_CONFIGS[16] + QUANT_CONFIGS[32], key=["M_BUCKET", "N", "K", "BITS", "GROUP", "HAS_BIAS", "ACT"],
-    prune_configs_by={"early_config_prune": _prune},
-)(_quant_linear_kernel)
+QUANT_TUNER = Tuner("quant_linear", _quant_linear_kernel, quant_configs)
 
 
 def _check_quant_args(x, qw, bias, activation):
@@ -242,16 +241,16 @@ def quant_linear_triton(x, qw: QuantizedWeight, bias=None, activation=None, *, c
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     if M and N:
         args = (x2, qw.qweight, qw.scales, qw.offsets, bias if bias is not None else qw.scales, y, M, N, K,
-                _m_bucket(M), x2.stride(0), qw.qweight.stride(0), qw.scales.stride(0), y.stride(0))
+                m_bucket(M), x2.stride(0), qw.qweight.stride(0), qw.scales.stride(0), y.stride(0))
         kwargs = dict(BITS=qw.bits, GROUP=qw.group_size, HAS_BIAS=bias is not None, ACT=_ACT_CODE[activation])
+        grid = tile_grid(M, N)
         if config is None and not interpreting():
-            grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
-            _quant_tuned[grid](*args, **kwargs)
+            key = (str(x.dtype).removeprefix("torch."), m_bucket(M), N, K, *sorted(kwargs.items()))
+            QUANT_TUNER.launch(key, grid, args, kwargs, (x.dtype, qw.bits, qw.group_size), device=x.device)
         else:
             config = config or quant_configs(x.dtype, qw.bits, qw.group_size)[0]
-            grid = (triton.cdiv(M, config.kwargs["BLOCK_M"]) * triton.cdiv(N, config.kwargs["BLOCK_N"]),)
-            _quant_linear_kernel[grid](*args, **kwargs, **config.kwargs, num_warps=config.num_warps,
-                                       num_stages=config.num_stages)
+            _quant_linear_kernel[grid(config)](*args, **kwargs, **config.kwargs, num_warps=config.num_warps,
+                                               num_stages=config.num_stages)
     return y.view(*x.shape[:-1], N)
 
 
