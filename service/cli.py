@@ -56,6 +56,9 @@ def serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="waiting requests before answering 429 (default 1024)")
     add("--max-n", type=int, default=int(_env("max_n", 16)),
         help="largest n (and best_of for beam search) one request may ask for (default 16)")
+    add("--enforce-eager", action="store_true", default=_env("enforce_eager", "") in ("1", "true"),
+        help="no CUDA graphs for decode steps (on CUDA they are captured at start-up for batch sizes 1, 2, 4, 8, "
+             "16, 24, ... --max-num-seqs)")
     add("--scheduling-policy", default=_env("scheduling_policy", "fcfs"), choices=["fcfs", "priority"],
         help="fcfs: arrival order; priority: a request's 'priority' field orders the queue, lower first "
              "(default fcfs; other values of 'priority' are refused under fcfs, as vLLM does)")
@@ -102,7 +105,8 @@ def _load_all(args, state, metrics) -> None:
     config = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                           kv_cache_memory=args.kv_cache_memory, max_model_len=args.max_model_len,
                           max_waiting_requests=args.max_waiting_requests, max_n=args.max_n,
-                          scheduling_policy=args.scheduling_policy)
+                          scheduling_policy=args.scheduling_policy,
+                          cuda_graphs="off" if args.enforce_eager else "auto")
     registry = ModelRegistry()
     from kernels import backend_for
     from service import __version__
@@ -159,6 +163,9 @@ def serve(args) -> int:
     def load():
         try:
             _load_all(args, state, metrics)
+            from kernels.tuning import mark_ready
+
+            mark_ready()  # from here on a compilation or a tuning is a stall: counted in /metrics
             log.info("ready: http://%s:%d/v1  (try: curl http://%s:%d/v1/models)", args.host, args.port, args.host, args.port)
         except Exception as err:  # a model that cannot load stops the server with its reason
             log.error("could not load models: %s", err)

@@ -149,3 +149,19 @@ class _EngineCollector:
                 c.add_metric([model], float(s[k]))
         yield from gauges.values()
         yield from counters.values()
+        yield from _kernel_tuning_metrics()
+
+
+def _kernel_tuning_metrics():
+    """Triton compilations and tile tunings since ``ready`` (kernels/tuning.py): 0 when warm-up covered
+    every variant; anything else is a stall some request waited on."""
+    from kernels.tuning import STATS
+
+    for name, value, doc in (
+            ("kernel_compilations_after_ready", STATS.compilations_after_ready,
+             "Triton kernels compiled after the server was ready (each stalled serving)"),
+            ("kernel_tunings_after_ready", STATS.tunings_after_ready,
+             "GEMM tile tunings after the server was ready (each stalled serving)")):
+        family = CounterMetricFamily(PREFIX + name, doc)
+        family.add_metric([], float(value))
+        yield family

@@ -19,6 +19,11 @@ class EngineConfig:
     # "fcfs": arrival order; "priority": lowest request priority first (then arrival), and the highest is
     # preempted first (vLLM's --scheduling-policy)
     scheduling_policy: str = "fcfs"
+    # decode steps through CUDA graphs (cuda_graphs.py): "auto" on CUDA for decoder-only models, "off"
+    # (--enforce-eager), or "padded": the graphs' padded static buffers without capture (tests on CPU)
+    cuda_graphs: str = "auto"
+    # compile, tune and capture everything before serving (warmup.py): "auto" on CUDA, "on", "off"
+    warmup: str = "auto"
 
     def __post_init__(self):
         if self.block_size not in (16, 32):
@@ -27,6 +32,10 @@ class EngineConfig:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
         if self.scheduling_policy not in ("fcfs", "priority"):
             raise ValueError(f"scheduling_policy must be 'fcfs' or 'priority', got {self.scheduling_policy!r}")
+        if self.cuda_graphs not in ("auto", "off", "padded"):
+            raise ValueError(f"cuda_graphs must be 'auto', 'off' or 'padded', got {self.cuda_graphs!r}")
+        if self.warmup not in ("auto", "on", "off"):
+            raise ValueError(f"warmup must be 'auto', 'on' or 'off', got {self.warmup!r}")
         if self.max_n < 1:
             raise ValueError("max_n must be at least 1")
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:

@@ -26,6 +26,7 @@ from .sampler import sample
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
 from .sequence import FinishReason, Sequence
+from .warmup import WarmupPlan, run_plan
 
 log = logging.getLogger("kernelserve.engine")
 
@@ -75,6 +76,10 @@ class LLMEngine:
         self.runner = ModelRunner(loaded, config, num_blocks)
         limit = min(loaded.max_model_len, num_blocks * config.block_size)
         self.max_model_len = min(limit, config.max_model_len or limit)
+        self.warmup_timings: dict = {}
+        if config.warmup == "on" or (config.warmup == "auto" and loaded.device.type == "cuda"):
+            plan = WarmupPlan.for_engine(config, self.max_model_len)
+            self.warmup_timings = run_plan(self.runner, plan, self.max_model_len, num_blocks, config.block_size)
         self.eos_ids = set(loaded.eos_token_ids)
         self.grammars = Grammars(loaded.tokenizer, loaded.config.vocab_size, sorted(self.eos_ids))
         self.requests: dict[str, Request] = {}

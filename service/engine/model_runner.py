@@ -10,6 +10,7 @@ from models.encoder_decoder import CrossAttention
 from models.metadata import cu_seqlens
 
 from .config import GiB, EngineConfig
+from .cuda_graphs import DecodeGraphs, graph_batch_sizes
 from .scheduler import SchedulerOutput
 from .sequence import Sequence
 
@@ -25,10 +26,28 @@ def kv_cache_blocks(loaded: LoadedModel, config: EngineConfig) -> int:
     if budget is None:
         if loaded.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(loaded.device)
-            budget = int(free * 0.9)
+            budget = int(free * 0.9) - graph_memory(loaded, config)
         else:
             budget = GiB
     return max(1, budget // per_block)
+
+
+def uses_graphs(loaded: LoadedModel, config: EngineConfig) -> bool:
+    if loaded.is_encoder_decoder or config.cuda_graphs == "off":
+        return False
+    return config.cuda_graphs == "padded" or loaded.device.type == "cuda"
+
+
+def graph_memory(loaded: LoadedModel, config: EngineConfig) -> int:
+    """Bytes kept back from the KV cache for the decode graphs' memory pool: the largest bucket's fp32
+    logits and the activations one layer holds at once (hidden states, QKV, the gated FFN's two halves),
+    twice over for the allocator's rounding. An estimate, not a measurement."""
+    if not uses_graphs(loaded, config):
+        return 0
+    cfg = loaded.config
+    rows = graph_batch_sizes(config.max_num_seqs)[-1]
+    per_row = 4 * cfg.vocab_size + 4 * (4 * cfg.hidden_size + 3 * getattr(cfg, "intermediate_size", cfg.hidden_size))
+    return 2 * rows * per_row
 
 
 class ModelRunner:
@@ -45,6 +64,13 @@ class ModelRunner:
                  2 * sum(k.numel() * k.element_size() for k, _ in self.kv_caches) / 2**20)
         # encoder-decoders: each sequence's cross-attention K/V, computed once at admission
         self.cross_kv: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.graphs: DecodeGraphs | None = None
+        if uses_graphs(loaded, config):
+            longest = min(loaded.max_model_len, num_blocks * config.block_size,
+                          config.max_model_len or loaded.max_model_len)
+            self.graphs = DecodeGraphs(self.model, self.kv_caches, config.max_num_seqs,
+                                       -(-longest // config.block_size), self.device,
+                                       capture=self.device.type == "cuda" and config.cuda_graphs == "auto")
 
     def share_cross(self, parent: Sequence, child: Sequence) -> None:
         """A forked beam attends to the same encoder output."""
@@ -120,6 +146,8 @@ class ModelRunner:
             for k_cache, v_cache in self.kv_caches:
                 k_cache[dst].copy_(k_cache[src])
                 v_cache[dst].copy_(v_cache[src])
+        if self._graph_step(out):
+            return self._run_graph(out.decodes), list(out.decodes)
         tokens, positions, meta = self._metadata(out)
         extra = () if not self.loaded.is_encoder_decoder else (self._cross(out),)
         hidden = self.model(torch.tensor(tokens, device=self.device), torch.tensor(positions, device=self.device),
@@ -137,6 +165,18 @@ class ModelRunner:
         if not rows:
             return torch.empty(0, device=self.device), []
         return self.model.logits(hidden[torch.tensor(rows, device=self.device)]), seqs
+
+    def _graph_step(self, out: SchedulerOutput) -> bool:
+        """Whether this step replays a decode graph: decodes only, within the largest bucket and width."""
+        return (self.graphs is not None and not out.prefills and bool(out.decodes)
+                and self.graphs.fits(len(out.decodes), max(len(s.block_table) for s in out.decodes)))
+
+    def _run_graph(self, seqs: list[Sequence]) -> torch.Tensor:
+        bs = self.block_size
+        last = [len(s) - 1 for s in seqs]
+        slots = [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, last)]
+        return self.graphs.run([s.token_ids[-1] for s in seqs], last, slots, [s.block_table for s in seqs],
+                               [len(s) for s in seqs])
 
     def _prompt_logprobs(self, out: SchedulerOutput, hidden: torch.Tensor) -> None:
         """For prefill chunks of requests that asked for prompt logprobs: append to ``seq.prompt_logprobs``

@@ -25,6 +25,7 @@ EXPECTED = {  # vLLM's names under kernelserve:, with their types
     "request_generation_tokens": "histogram", "embedding_requests": "counter", "embedding_inputs": "counter",
     "embedding_batch_size": "histogram", "http_requests": "counter", "http_request_duration_seconds": "histogram",
     "build_info": "gauge", "engine_config_info": "gauge",
+    "kernel_compilations_after_ready": "counter", "kernel_tunings_after_ready": "counter",
 }
 
 
@@ -43,6 +44,7 @@ def test_metric_names_types_and_labels(server, http):
         re.search(r'kernelserve:request_success_total\{model_name="[^"]+",finished_reason="(stop|length)"\}', text)
     assert 'le="0.001"' in text and 'le="2560.0"' in text  # vLLM's TTFT buckets
     assert re.search(r'kernelserve:build_info\{.*kernel_backend="torch".*\} 1\.0', text)
+    assert "kernelserve:kernel_compilations_after_ready_total 0.0" in text  # nothing compiles while serving
 
 
 def free_port() -> int:

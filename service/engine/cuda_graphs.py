@@ -1,0 +1,117 @@
+"""CUDA graphs for decode steps: capture the model's decode forward once per batch-size bucket, replay it.
+
+A decode step of a small model is ~10 kernel launches a layer issued from Python; replaying a captured
+graph issues them all at once (vLLM and nano-vllm do the same). A graph replays fixed addresses and
+shapes, so its inputs live in static buffers sized for the largest bucket:
+
+    tokens, positions, slot_mapping  [B_max]        decode_seq_lens [B_max]
+    block_tables                      [B_max, W]     W = blocks of the longest sequence the engine allows
+
+A step of n decoding sequences is padded to the smallest bucket b >= n: pad rows write their K/V
+nowhere (slot -1), attend over nothing (length 0) and their logits are dropped. The table width W is
+fixed, so the paged kernel's split-KV count (a function of W) is fixed per graph. Prefill and mixed steps
+run eagerly, as do encoder-decoders (their cross-attention inputs vary per step).
+
+On CPU (tests) the same padding runs without capture (``capture=False``): replaying is then calling
+the model on the padded static buffers, which proves the padding gives the unpadded logits.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from models import AttentionMetadata
+
+log = logging.getLogger("kernelserve.engine")
+
+
+def graph_batch_sizes(max_num_seqs: int) -> list[int]:
+    """The buckets: 1, 2, 4, 8, then steps of 8 up to ``max_num_seqs`` (rounded up to a multiple of 8)."""
+    small = [b for b in (1, 2, 4, 8) if b < max_num_seqs] + ([max_num_seqs] if max_num_seqs <= 8 else [])
+    large = list(range(16, -(-max_num_seqs // 8) * 8 + 1, 8)) if max_num_seqs > 8 else []
+    return sorted(set(small + ([8] if max_num_seqs > 8 else []) + large))
+
+
+def bucket_for(n: int, sizes: list[int]) -> int | None:
+    """The smallest bucket holding ``n`` rows, or None when ``n`` is past the largest (run eagerly)."""
+    return next((b for b in sizes if b >= n), None)
+
+
+class DecodeGraphs:
+    """Static decode buffers and one captured graph per bucket for ``model``."""
+
+    def __init__(self, model, kv_caches, max_num_seqs: int, max_blocks_per_seq: int, device, capture: bool):
+        self.model, self.kv_caches, self.device, self.capture = model, kv_caches, torch.device(device), capture
+        self.sizes = graph_batch_sizes(max_num_seqs)
+        b, w = self.sizes[-1], max_blocks_per_seq
+        self.tokens = torch.zeros(b, dtype=torch.long, device=device)
+        self.positions = torch.zeros(b, dtype=torch.long, device=device)
+        self.slots = torch.full((b,), -1, dtype=torch.long, device=device)
+        self.tables = torch.zeros(b, w, dtype=torch.int32, device=device)
+        self.seq_lens = torch.zeros(b, dtype=torch.int32, device=device)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[int, torch.Tensor] = {}  # bucket -> static logits [b, V]
+        self.pool = None
+
+    @property
+    def width(self) -> int:
+        return self.tables.shape[1]
+
+    def _meta(self, b: int) -> AttentionMetadata:
+        empty = torch.zeros(1, dtype=torch.int32, device=self.device)
+        return AttentionMetadata(num_prefill_tokens=0, cu_seqlens_q=empty, cu_seqlens_k=empty, max_seqlen_q=0,
+                                 max_seqlen_k=0, decode_block_tables=self.tables[:b],
+                                 decode_seq_lens=self.seq_lens[:b], slot_mapping=self.slots[:b])
+
+    def _forward(self, b: int) -> torch.Tensor:
+        hidden = self.model(self.tokens[:b], self.positions[:b], self._meta(b), self.kv_caches)
+        return self.model.logits(hidden)
+
+    @torch.inference_mode()
+    def capture_all(self) -> float:
+        """Capture every bucket, largest first (its memory pool then serves the smaller ones)."""
+        if not self.capture:
+            return 0.0
+        start = time.perf_counter()
+        for b in reversed(self.sizes):
+            self._forward(b)  # eager once: every kernel compiled and tuned before capture
+            torch.cuda.synchronize(self.device)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                self.outputs[b] = self._forward(b)
+            self.pool = graph.pool()
+            self.graphs[b] = graph
+        torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        log.info("captured decode CUDA graphs for batch sizes %s in %.1f s", self.sizes, elapsed)
+        return elapsed
+
+    def fits(self, n: int, longest_table: int) -> bool:
+        return bucket_for(n, self.sizes) is not None and longest_table <= self.width
+
+    @torch.inference_mode()
+    def run(self, tokens: list[int], positions: list[int], slots: list[int], tables: list[list[int]],
+            seq_lens: list[int]) -> torch.Tensor:
+        """Logits [n, V] of a decode step of n sequences (``fits`` must hold), through the padded buffers."""
+        n = len(tokens)
+        b = bucket_for(n, self.sizes)
+        rows = torch.tensor([tokens, positions, slots, seq_lens], dtype=torch.long)
+        padded = torch.zeros(n, self.width, dtype=torch.int32)
+        for i, t in enumerate(tables):
+            padded[i, :len(t)] = torch.tensor(t, dtype=torch.int32)
+        # one host-to-device copy per buffer; pad rows: no write (slot -1), nothing to attend (length 0)
+        self.tokens[:n].copy_(rows[0], non_blocking=True)
+        self.positions[:n].copy_(rows[1], non_blocking=True)
+        self.slots[:n].copy_(rows[2], non_blocking=True)
+        self.seq_lens[:n].copy_(rows[3], non_blocking=True)
+        self.tables[:n].copy_(padded, non_blocking=True)
+        self.slots[n:b].fill_(-1)
+        self.seq_lens[n:b].fill_(0)
+        self.tokens[n:b].fill_(0)
+        self.positions[n:b].fill_(0)
+        if b in self.graphs:
+            self.graphs[b].replay()
+            return self.outputs[b][:n]
+        return self._forward(b)[:n]
