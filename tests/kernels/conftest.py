@@ -63,6 +63,15 @@ def impl(request):
     return request.param
 
 
+def skip_every_config_on_gpu_check(device: str) -> None:
+    """``make gpu-check`` proves every tile config by the AOT compile on CPU and, on the GPU, only the
+    tuned choices: compiling each config there took most of a short GPU slot."""
+    import os
+
+    if device == "cuda" and os.environ.get("KERNELSERVE_GPU_CHECK") == "1":
+        pytest.skip("every tile config is proven by the AOT compile test; gpu-check runs the tuned ones")
+
+
 @pytest.fixture
 def device(impl):
     return triton_device() if impl == "triton" else "cpu"

@@ -7,10 +7,19 @@ import pytest
 import torch
 
 from kernels import ACTIVATIONS
-from kernels.gemm import (GATED_CONFIGS, LINEAR_CONFIGS, ffn_ref, ffn_triton, gated_ffn_ref, gated_ffn_triton,
-                          gated_product_triton, linear_ref, linear_triton)
+from kernels.gemm import (
+    GATED_CONFIGS,
+    LINEAR_CONFIGS,
+    ffn_ref,
+    ffn_triton,
+    gated_ffn_ref,
+    gated_ffn_triton,
+    gated_product_triton,
+    linear_ref,
+    linear_triton,
+)
 
-from .conftest import DTYPES, assert_close, rand
+from .conftest import DTYPES, assert_close, rand, skip_every_config_on_gpu_check
 
 LINEAR = {"triton": linear_triton, "torch": linear_ref}
 GATED = {"triton": gated_ffn_triton, "torch": gated_ffn_ref}
@@ -63,6 +72,7 @@ def every_config(table):
 @pytest.mark.parametrize("dtype, config", every_config(LINEAR_CONFIGS))
 def test_linear_every_tile_config(impl, device, dtype, config):
     """Each autotuner candidate computes the same thing (edges in M, N and K included)."""
+    skip_every_config_on_gpu_check(device)
     if impl != "triton":
         pytest.skip("tile configs are a Triton concept")
     g = torch.Generator().manual_seed(1)
@@ -75,6 +85,7 @@ def test_linear_every_tile_config(impl, device, dtype, config):
 @pytest.mark.triton
 @pytest.mark.parametrize("dtype, config", every_config(GATED_CONFIGS))
 def test_gated_every_tile_config(impl, device, dtype, config):
+    skip_every_config_on_gpu_check(device)
     if impl != "triton":
         pytest.skip("tile configs are a Triton concept")
     g = torch.Generator().manual_seed(2)

@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from kernels._backend import interpreting
-from kernels.norms import layer_norm_ref, layer_norm_triton, rms_norm_ref, rms_norm_triton
+from kernels.norms import (
+    layer_norm_ref,
+    layer_norm_triton,
+    rms_norm_ref,
+    rms_norm_triton,
+)
 
 from .conftest import DTYPES, assert_close, rand
 

@@ -6,7 +6,13 @@ import math
 import pytest
 import torch
 
-from kernels.paged import PARTITION, paged_attention_ref, paged_attention_triton, store_kv_ref, store_kv_triton
+from kernels.paged import (
+    PARTITION,
+    paged_attention_ref,
+    paged_attention_triton,
+    store_kv_ref,
+    store_kv_triton,
+)
 
 from .conftest import DTYPES, assert_close, attention_dot_rms, rand
 

@@ -10,10 +10,25 @@ import pytest
 import torch
 
 import kernels
-from kernels.quant_gemm import (QUANT_CONFIGS, QuantizedWeight, cpu_supported, pack_codes, quant_configs,
-                                quant_linear_cpu, quant_linear_ref, quant_linear_triton, quantize_rtn)
+from kernels.quant_gemm import (
+    QUANT_CONFIGS,
+    QuantizedWeight,
+    cpu_supported,
+    pack_codes,
+    quant_configs,
+    quant_linear_cpu,
+    quant_linear_ref,
+    quant_linear_triton,
+    quantize_rtn,
+)
 
-from .conftest import DTYPES, TOLERANCES, assert_close, rand
+from .conftest import (
+    DTYPES,
+    TOLERANCES,
+    assert_close,
+    rand,
+    skip_every_config_on_gpu_check,
+)
 from .test_gemm import act_f64
 
 QUANT = {"triton": quant_linear_triton, "torch": quant_linear_cpu}
@@ -73,6 +88,7 @@ def every_config():
 @pytest.mark.parametrize("dtype, bits, group, config", every_config())
 def test_quant_every_tile_config(impl, device, dtype, bits, group, config):
     """Each autotuner candidate computes the same thing (edges in M, N and K included)."""
+    skip_every_config_on_gpu_check(device)
     if impl != "triton":
         pytest.skip("tile configs are a Triton concept")
     g = torch.Generator().manual_seed(11)

@@ -8,7 +8,7 @@ import triton
 
 from kernels import tuning
 from kernels.gemm import GATED_CONFIGS, LINEAR_CONFIGS
-from kernels.tuning import TuningCache, Tuner, m_bucket, m_buckets
+from kernels.tuning import Tuner, TuningCache, m_bucket, m_buckets
 
 
 class FakeKernel:
