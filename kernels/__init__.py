@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ._backend import BACKENDS, backend_for, interpreting, selected_backend, use_triton
+from .decode_gemm import DECODE_MAX_M, linear_decode_triton
 from .flash_attention import attention_ref, attention_triton
 from .gemm import (ACTIVATIONS, activation_ref, ffn_ref, ffn_triton, gated_ffn_ref, gated_ffn_triton, linear_ref,
                    linear_triton)
@@ -83,14 +84,22 @@ def linear(x, weight, bias=None, activation: str | None = None) -> torch.Tensor:
     :class:`QuantizedWeight` (dequantised inside the GEMM)."""
     if isinstance(weight, QuantizedWeight):
         fn = quant_linear_triton if use_triton(x) else quant_linear_cpu
-    else:
-        fn = linear_triton if use_triton(x) else linear_ref
+    elif not use_triton(x):
+        fn = linear_ref
+    else:  # a few rows (decode) are a read of the weight: split over K (kernels/decode_gemm.py)
+        fn = linear_decode_triton if _rows(x) <= DECODE_MAX_M else linear_triton
     return fn(x, weight, bias, activation)
+
+
+def _rows(x: torch.Tensor) -> int:
+    return x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
 
 
 def gated_ffn(x, w_gate_up, w_down, activation: str = "silu") -> torch.Tensor:
     """``(act(x @ Wg.T) * (x @ Wu.T)) @ w_down.T`` with ``w_gate_up = cat([Wg, Wu])`` (either may be quantized)."""
-    if isinstance(w_gate_up, QuantizedWeight) or isinstance(w_down, QuantizedWeight):
+    quantized = isinstance(w_gate_up, QuantizedWeight) or isinstance(w_down, QuantizedWeight)
+    decode = use_triton(x) and _rows(x) <= DECODE_MAX_M  # two split-K GEMMs around the product
+    if quantized or decode:
         gate, up = linear(x, w_gate_up).chunk(2, dim=-1)
         return linear(activation_ref(gate, activation) * up, w_down)
     fn = gated_ffn_triton if use_triton(x) else gated_ffn_ref

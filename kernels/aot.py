@@ -23,7 +23,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import flash_attention, gemm, norms, paged, quant_gemm, rope
+from . import decode_gemm, flash_attention, gemm, norms, paged, quant_gemm, rope
 
 # usable shared memory per block (opt-in maximum)
 SHARED_LIMIT = {90: 232_448, 80: 166_912}
@@ -159,6 +159,22 @@ def _gemm_variants() -> Iterator[Variant]:
                 yield Variant(f"{name} {tiles} w{cfg.num_warps} s{cfg.num_stages} {dt}", fn, args, cfg.num_warps, cfg.num_stages)
 
 
+def _decode_gemm_variants() -> Iterator[Variant]:
+    for dt in DTYPES:
+        for cfg in decode_gemm.decode_configs(getattr(torch, DTYPE_OF[dt])):
+            for block_m in (16, 32, 64):  # rows padded: 1-16, 17-32, 33-64
+                args = dict(X=f"*{dt}", W=f"*{dt}", P="*fp32", M="i32", N="i32", K="i32", K_PER_SPLIT="i32",
+                            stride_xm="i32", stride_wn="i32", BLOCK_M=block_m, BLOCK_N=cfg.kwargs["BLOCK_N"],
+                            BLOCK_K=cfg.kwargs["BLOCK_K"])
+                tiles = f"{block_m}x{cfg.kwargs['BLOCK_N']}x{cfg.kwargs['BLOCK_K']}"
+                yield Variant(f"linear_decode {tiles} w{cfg.num_warps} s{cfg.num_stages} {dt}",
+                              decode_gemm._splitk_kernel, args, cfg.num_warps, cfg.num_stages)
+        for splits_pad in (2, 4, 8, 16):
+            args = dict(P="*fp32", Bias=f"*{dt}", Y=f"*{dt}", M="i32", N="i32", SPLITS="i32", stride_ym="i32",
+                        HAS_BIAS=True, ACT=4, BLOCK_N=128, SPLITS_PAD=splits_pad)
+            yield Variant(f"linear_decode reduce {splits_pad} {dt}", decode_gemm._splitk_reduce_kernel, args, 4, 1)
+
+
 def _quant_gemm_variants() -> Iterator[Variant]:
     fn = quant_gemm._quant_linear_kernel
     for dt in DTYPES:
@@ -186,7 +202,8 @@ def _rotary_variants() -> Iterator[Variant]:
 
 def all_variants() -> list[Variant]:
     """Every kernel specialisation the launchers can produce (dtype x config)."""
-    return [*_attention_variants(), *_paged_variants(), *_norm_variants(), *_gemm_variants(), *_quant_gemm_variants(),
+    return [*_attention_variants(), *_paged_variants(), *_norm_variants(), *_gemm_variants(), *_decode_gemm_variants(),
+            *_quant_gemm_variants(),
             *_rotary_variants()]
 
 

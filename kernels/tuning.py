@@ -142,13 +142,15 @@ class Tuner:
     """Chooses, per key, the fastest of ``candidates(dtype)`` for a plain (un-autotuned) Triton kernel.
 
     ``timer(launch) -> ms`` times a launch (``triton.testing.do_bench`` on the GPU); ``cache`` defaults to
-    the device's persisted :class:`TuningCache`.
+    the device's persisted :class:`TuningCache`; ``run(config, args, kwargs)``, when given, launches a
+    candidate instead of ``kernel[grid(config)]`` (a candidate may be several kernels, or cuBLAS).
     """
     name: str
     kernel: object  # a @triton.jit function
     candidates: Callable[..., list[triton.Config]]
     timer: Callable[[Callable[[], None]], float] = _benchmark
     cache: TuningCache | None = None
+    run: Callable[[triton.Config, tuple, dict], None] | None = None
     _memo: dict = field(default_factory=dict, repr=False)
 
     def launch(self, key: tuple, grid: Callable[[triton.Config], tuple], args: tuple, kwargs: dict,
@@ -157,6 +159,9 @@ class Tuner:
         self._run(config, grid, args, kwargs)
 
     def _run(self, config: triton.Config, grid, args, kwargs) -> None:
+        if self.run is not None:
+            self.run(config, args, kwargs)
+            return
         self.kernel[grid(config)](*args, **kwargs, **config.kwargs, num_warps=config.num_warps,
                                   num_stages=config.num_stages)
 
