@@ -4,8 +4,8 @@ A decode step of a small model is ~10 kernel launches a layer issued from Python
 graph issues them all at once (vLLM and nano-vllm do the same). A graph replays fixed addresses and
 shapes, so its inputs live in static buffers sized for the largest bucket:
 
-    tokens, positions, slot_mapping  [B_max]        decode_seq_lens [B_max]
-    block_tables                      [B_max, W]     W = blocks of the longest sequence the engine allows
+    tokens, positions, slot_mapping, decode_seq_lens  [4, B_max] int32
+    block_tables                                      [B_max, W]  W = blocks of the longest allowed sequence
 
 A step of n decoding sequences is padded to the smallest bucket b >= n: pad rows write their K/V
 nowhere (slot -1), attend over nothing (length 0) and their logits are dropped. The table width W is
@@ -46,11 +46,14 @@ class DecodeGraphs:
         self.model, self.kv_caches, self.device, self.capture = model, kv_caches, torch.device(device), capture
         self.sizes = graph_batch_sizes(max_num_seqs)
         b, w = self.sizes[-1], max_blocks_per_seq
-        self.tokens = torch.zeros(b, dtype=torch.long, device=device)
-        self.positions = torch.zeros(b, dtype=torch.long, device=device)
-        self.slots = torch.full((b,), -1, dtype=torch.long, device=device)
+        pinned = self.device.type == "cuda"
+        # host staging (pinned: the copies are asynchronous) and its device twin, two transfers a step:
+        # rows = tokens, positions, slots, seq_lens ([4, B]); tables [B, W] (only the bucket's rows copied)
+        self.host_rows = torch.zeros(4, b, dtype=torch.int32, pin_memory=pinned)
+        self.host_tables = torch.zeros(b, w, dtype=torch.int32, pin_memory=pinned)
+        self.rows = torch.zeros(4, b, dtype=torch.int32, device=device)
         self.tables = torch.zeros(b, w, dtype=torch.int32, device=device)
-        self.seq_lens = torch.zeros(b, dtype=torch.int32, device=device)
+        self.tokens, self.positions, self.slots, self.seq_lens = self.rows.unbind(0)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}  # bucket -> static logits [b, V]
         self.pool = None
@@ -94,23 +97,21 @@ class DecodeGraphs:
     @torch.inference_mode()
     def run(self, tokens: list[int], positions: list[int], slots: list[int], tables: list[list[int]],
             seq_lens: list[int]) -> torch.Tensor:
-        """Logits [n, V] of a decode step of n sequences (``fits`` must hold), through the padded buffers."""
+        """Logits [n, V] of a decode step of n sequences (``fits`` must hold), through the padded buffers.
+
+        The host staging is reused next step; a pinned buffer's copy may still be in flight then, but
+        the step's sampling synchronises on this step's logits first, which the copy precedes."""
         n = len(tokens)
         b = bucket_for(n, self.sizes)
-        rows = torch.tensor([tokens, positions, slots, seq_lens], dtype=torch.long)
-        padded = torch.zeros(n, self.width, dtype=torch.int32)
-        for i, t in enumerate(tables):
-            padded[i, :len(t)] = torch.tensor(t, dtype=torch.int32)
-        # one host-to-device copy per buffer; pad rows: no write (slot -1), nothing to attend (length 0)
-        self.tokens[:n].copy_(rows[0], non_blocking=True)
-        self.positions[:n].copy_(rows[1], non_blocking=True)
-        self.slots[:n].copy_(rows[2], non_blocking=True)
-        self.seq_lens[:n].copy_(rows[3], non_blocking=True)
-        self.tables[:n].copy_(padded, non_blocking=True)
-        self.slots[n:b].fill_(-1)
-        self.seq_lens[n:b].fill_(0)
-        self.tokens[n:b].fill_(0)
-        self.positions[n:b].fill_(0)
+        rows, tables_host = self.host_rows, self.host_tables
+        # pad rows: no write (slot -1), nothing to attend (length 0), token and position 0
+        rows[:, n:b] = torch.tensor([[0], [0], [-1], [0]], dtype=torch.int32)
+        rows[:, :n] = torch.tensor([tokens, positions, slots, seq_lens], dtype=torch.int32)
+        used = max(len(t) for t in tables)  # one tensor for the used columns; the rest stays zero
+        tables_host[:b].zero_()
+        tables_host[:n, :used] = torch.tensor([t + [0] * (used - len(t)) for t in tables], dtype=torch.int32)
+        self.rows[:, :b].copy_(rows[:, :b], non_blocking=True)
+        self.tables[:b].copy_(tables_host[:b], non_blocking=True)
         if b in self.graphs:
             self.graphs[b].replay()
             return self.outputs[b][:n]

@@ -237,7 +237,8 @@ class LLMEngine:
         if not plain:
             return failed
         try:
-            result = sample(logits[plain], [seqs[i] for i in plain], self.generators, self.eos_ids)
+            rows = logits if len(plain) == len(seqs) else logits[plain]  # a list index would copy every row
+            result = sample(rows, [seqs[i] for i in plain], self.generators, self.eos_ids)
             picks = list(zip(plain, result.token_ids, result.logprobs))
         except Exception as err:
             if is_unrecoverable(err):

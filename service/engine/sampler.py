@@ -195,6 +195,12 @@ def _logprobs(raw: torch.Tensor, chosen: torch.Tensor, seqs: list[Sequence]):
     return out
 
 
+def _take_rows(t: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """``t[rows]``, without the copy a list index makes when ``rows`` is every row in order (a [256, 49k]
+    float copy costs ~17 ms on the CPU)."""
+    return t if rows == list(range(t.shape[0])) else t[rows]
+
+
 def _draw(logits: torch.Tensor, seqs: list[Sequence], generators: dict[int, torch.Generator]) -> torch.Tensor:
     """One token per row by the exponential race: over a short candidate list for rows with top-k or
     top-p, over the whole vocabulary otherwise."""
@@ -204,13 +210,13 @@ def _draw(logits: torch.Tensor, seqs: list[Sequence], generators: dict[int, torc
     full = sorted(set(range(len(seqs))) - set(short))
     drawn = torch.empty(len(seqs), dtype=torch.long, device=logits.device)
     if short:
-        vals, idx = _candidates(logits[short], [params[i] for i in short])
+        vals, idx = _candidates(_take_rows(logits, short), [params[i] for i in short])
         probs = vals.softmax(-1)
         kept = (vals > float("-inf")).sum(-1).tolist()  # candidates kept: a prefix of each sorted row
         pick = (probs / _exponential_noise(probs, [seqs[i] for i in short], generators, kept)).argmax(-1)
         drawn[short] = idx.gather(1, pick[:, None])[:, 0]
     if full:
-        probs = _filter(logits[full], [params[i] for i in full]).softmax(-1)
+        probs = _filter(_take_rows(logits, full), [params[i] for i in full]).softmax(-1)
         drawn[full] = (probs / _exponential_noise(probs, [seqs[i] for i in full], generators)).argmax(-1)
     return drawn
 
@@ -226,5 +232,5 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], generators: dict[int, tor
     chosen = logits.argmax(-1)
     if not all(greedy):
         rows = [i for i, g in enumerate(greedy) if not g]
-        chosen[rows] = _draw(logits[rows], [seqs[i] for i in rows], generators)
+        chosen[rows] = _draw(_take_rows(logits, rows), [seqs[i] for i in rows], generators)
     return SampleResult(chosen.tolist(), _logprobs(raw, chosen, seqs))
