@@ -4,7 +4,8 @@
 
 Steps (each a subprocess, so one failing does not hide the others; the exit status is non-zero if any did):
 1. the CUDA kernel tests (pytest ``-m triton`` on CUDA; with pytest-xdist, one worker per core). Every tile
-   config is proven by the AOT compile test on CPU, so here the GEMM tests run only the tuned choice;
+   config is proven by the AOT compile test on CPU, so here the GEMM tests skip their every-config cases and
+   run each kernel's first candidate without timing the others (``KERNELSERVE_TUNING=off``);
 2. model parity on the device (tests/models/test_device_parity.py) and CUDA graphs vs eager
    (tests/engine/test_cuda_graphs.py);
 3. the serving benchmark (benchmarks/gpu_serving.py);
@@ -31,7 +32,7 @@ def steps(out: str) -> list[tuple[str, list[str]]]:
     xdist = ["-n", str(min(16, os.cpu_count() or 1))] if importlib.util.find_spec("xdist") else []
     pytest = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts="]
     return [
-        ("CUDA kernel tests", pytest + ["-m", "triton", *xdist, "tests/kernels"]),
+        ("CUDA kernel tests", ["env", "KERNELSERVE_TUNING=off", *pytest, "-m", "triton", *xdist, "tests/kernels"]),
         ("model parity + CUDA graphs", pytest + ["tests/models/test_device_parity.py",
                                                  "tests/engine/test_cuda_graphs.py"]),
         ("serving benchmark", [py, "benchmarks/gpu_serving.py", "--output", os.path.join(out, "gpu-serving.md")]),

@@ -24,6 +24,8 @@ log = logging.getLogger("kernelserve.kernels")
 
 MAX_M_BUCKET = 4096
 CACHE_ENV = "KERNELSERVE_TUNING_CACHE"  # a folder; default ~/.cache/kernelserve/tuning
+# "off": take each kernel's first candidate without timing (kernel tests on a GPU: correctness, not speed)
+TUNING_ENV = "KERNELSERVE_TUNING"
 
 
 def m_bucket(m: int) -> int:
@@ -170,6 +172,8 @@ class Tuner:
         if full in self._memo:
             return self._memo[full]
         candidates = self.candidates(*candidate_args)
+        if os.environ.get(TUNING_ENV) == "off":
+            return candidates[0]
         cache = self.cache if self.cache is not None else cache_for(device)
         config = cache.get(full, candidates)
         if config is None:

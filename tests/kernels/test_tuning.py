@@ -117,3 +117,11 @@ def test_gemm_tuners_offer_the_dtype_tables():
     assert LINEAR_TUNER.candidates(torch.bfloat16) == LINEAR_CONFIGS[16]
     assert LINEAR_TUNER.candidates(torch.float32) == LINEAR_CONFIGS[32]
     assert GATED_TUNER.candidates(torch.float16) == GATED_CONFIGS[16]
+
+
+def test_tuning_off_takes_the_first_candidate_untimed(monkeypatch, stats):
+    monkeypatch.setenv("KERNELSERVE_TUNING", "off")
+    timed = []
+    tuner, kernel = make_tuner(TuningCache(None), timed)
+    tuner.launch(("k",), grid, (), {}, ("bf16",))
+    assert timed == [] and kernel.launches == [((2,), 64, 4)] and stats.tunings == 0
