@@ -151,6 +151,34 @@ def quant_gemm_cases(dtype=torch.bfloat16) -> list[Case]:
     return cases
 
 
+# (name, N, K) of the projections a decode step reads: Llama-3.2-1B and SmolLM2-135M (fused QKV, gate+up)
+DECODE_SHAPES = [("1B qkv", 3072, 2048), ("1B o", 2048, 2048), ("1B gate_up", 16384, 2048), ("1B down", 2048, 8192),
+                 ("SmolLM2 qkv", 960, 576), ("SmolLM2 gate_up", 3072, 576), ("SmolLM2 down", 576, 1536)]
+
+
+def decode_gemm_cases(dtype=torch.bfloat16) -> list[Case]:
+    """Decode-shaped dense GEMMs (M = 1, 8, 32): kernels.linear takes the split-K kernel or cuBLAS, whichever
+    its tuner timed faster for the shape (listed under the table); the rate is the weight read against
+    copy bandwidth (issue 13 asks for >= 80% at these shapes)."""
+    cases = []
+    for name, n, k in DECODE_SHAPES:
+        w = torch.randn(n, k, device="cuda", dtype=dtype) / math.sqrt(k)
+        for m in (1, 8, 32):
+            x = torch.randn(m, k, device="cuda", dtype=dtype)
+            cases.append(Case(f"decode linear {name} M={m} {n}x{k}", lambda x=x, w=w: kernels.linear(x, w),
+                              lambda x=x, w=w: F.linear(x, w), "F.linear (cuBLAS)",
+                              bytes=(w.numel() + x.numel() + m * n) * w.element_size()))
+    return cases
+
+
+def decode_choices() -> str:
+    """What the decode GEMM's tuner chose per shape (split-K tile or cuBLAS)."""
+    from kernels.decode_gemm import DECODE_TUNER
+
+    lines = [f"- `{key}`: {'cuBLAS' if c.kwargs.get('CUBLAS') else c}" for key, c in sorted(DECODE_TUNER._memo.items())]
+    return "Decode GEMM choices (tuned at first use):\n\n" + "\n".join(lines) if lines else ""
+
+
 def rotary_case(dtype=torch.bfloat16, tokens=16384, hq=32, hkv=8, dim=128) -> Case:
     q = torch.randn(tokens, hq, dim, device="cuda", dtype=dtype)
     k = torch.randn(tokens, hkv, dim, device="cuda", dtype=dtype)
@@ -193,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     gpu = torch.cuda.get_device_name()
     copy_gbs, mm_tflops = ceilings(args.quick)
-    factories = [attention_case, paged_case, norm_cases, gemm_cases, quant_gemm_cases, rotary_case]
+    factories = [attention_case, paged_case, norm_cases, gemm_cases, decode_gemm_cases, quant_gemm_cases, rotary_case]
     rows = []
     for make in tqdm(factories, desc="kernels"):
         made = make()
@@ -206,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
               f"Times are `triton.testing.do_bench` medians.\n\n")
     slug = "".join(ch if ch.isalnum() else "-" for ch in gpu.lower()).strip("-")
     path = args.output or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"kernels-{slug}.md")
-    publish(header + format_table(rows, copy_gbs, mm_tflops), path)
+    publish(header + format_table(rows, copy_gbs, mm_tflops) + "\n\n" + decode_choices(), path)
     return 0
 
 

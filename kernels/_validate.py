@@ -71,13 +71,17 @@ def check_same_dtype(names: Sequence[str], tensors: Sequence[torch.Tensor]) -> N
         raise ValueError(f"{', '.join(names)}: expected one dtype, got {[str(t.dtype) for t in tensors]}")
 
 
-def check_cu_seqlens(name: str, cu: torch.Tensor, total: int, max_seqlen: int, device: torch.device) -> list[int]:
-    """Validate cumulative sequence lengths and return them as a Python list.
+def check_cu_seqlens(name: str, cu: torch.Tensor, total: int, max_seqlen: int, device: torch.device) -> int:
+    """Validate cumulative sequence lengths; returns the number of sequences.
 
-    Needs the values on the host: one small device-to-host copy on CUDA.
+    The values are checked when :func:`check_indices` says so (CPU tensors, or ``always``): on CUDA that
+    would be a device-to-host read per call (per layer), so there the kernel clamps them into the packed
+    tensor instead (an out-of-range entry shortens that sequence, never reads past the tensor).
     """
     check_tensor(name, cu, ndim=1, dtypes=(torch.int32,), device=device)
     expect(cu.numel() >= 1, lambda: f"{name}: expected at least one entry [0], got an empty tensor")
+    if not check_indices(cu):
+        return cu.numel() - 1
     values = cu.tolist()
     expect(values[0] == 0, lambda: f"{name}: must start at 0, got {values[0]}")
     lengths = [b - a for a, b in zip(values, values[1:])]
@@ -85,4 +89,4 @@ def check_cu_seqlens(name: str, cu: torch.Tensor, total: int, max_seqlen: int, d
     expect(values[-1] == total, lambda: f"{name}: last entry must equal the packed length {total}, got {values[-1]}")
     longest = max(lengths, default=0)
     expect(longest <= max_seqlen, lambda: f"{name}: holds a sequence of {longest} tokens, longer than max_seqlen={max_seqlen}")
-    return values
+    return len(values) - 1

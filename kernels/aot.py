@@ -99,7 +99,7 @@ def _attention_variants() -> Iterator[Variant]:
                     continue  # bias variants: the causal kernel (the bidirectional one differs only in masks)
                 args = {n: "i32" for n in fn.arg_names if n.startswith("stride")}
                 args.update(Q=f"*{dt}", K=f"*{dt}", V=f"*{dt}", O=f"*{dt}", cu_seqlens_q="*i32",
-                            cu_seqlens_k="*i32", Bias="*fp32", qk_scale="fp32", bias_radius="i32", GROUP=4,
+                            cu_seqlens_k="*i32", total_q="i32", total_k="i32", Bias="*fp32", qk_scale="fp32", bias_radius="i32", GROUP=4,
                             HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                             CAUSAL=causal, HAS_BIAS=bias)
                 yield Variant(f"attention d={head_dim} {dt} causal={causal} bias={bias}", fn, args,

@@ -68,7 +68,7 @@ def _attention_tile(
 
 @triton.jit
 def _attention_kernel(
-    Q, K, V, O, cu_seqlens_q, cu_seqlens_k, Bias,
+    Q, K, V, O, cu_seqlens_q, cu_seqlens_k, total_q, total_k, Bias,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_bias,
     qk_scale, bias_radius,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -78,12 +78,14 @@ def _attention_kernel(
     pid_m = tl.program_id(0)
     head = tl.program_id(1)
     seq = tl.program_id(2)
-    q_start = tl.load(cu_seqlens_q + seq)
-    len_q = tl.load(cu_seqlens_q + seq + 1) - q_start
+    # bounds clamped into the packed tensors: entries the launcher did not read back (CUDA) cannot
+    # send a load or store past them
+    q_start = tl.minimum(tl.maximum(tl.load(cu_seqlens_q + seq), 0), total_q)
+    len_q = tl.minimum(tl.maximum(tl.load(cu_seqlens_q + seq + 1), q_start), total_q) - q_start
     if pid_m * BLOCK_M >= len_q:
         return
-    k_start = tl.load(cu_seqlens_k + seq)
-    len_k = tl.load(cu_seqlens_k + seq + 1) - k_start
+    k_start = tl.minimum(tl.maximum(tl.load(cu_seqlens_k + seq), 0), total_k)
+    len_k = tl.minimum(tl.maximum(tl.load(cu_seqlens_k + seq + 1), k_start), total_k) - k_start
     kv_head = head // GROUP
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -190,28 +192,27 @@ def _check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max
     expect(MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM, lambda: f"q: head dim must be in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got {head_dim}")
     expect(k.shape[1] > 0 and q.shape[1] % k.shape[1] == 0,
            lambda: f"q, k: query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
-    cu_q = check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q, q.device)
-    cu_k = check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k, q.device)
-    expect(len(cu_q) == len(cu_k), lambda: f"cu_seqlens_q, cu_seqlens_k: expected the same number of sequences, got {len(cu_q) - 1} and {len(cu_k) - 1}")
-    return cu_q, cu_k
+    batch_q = check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q, q.device)
+    batch_k = check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k, q.device)
+    expect(batch_q == batch_k, lambda: f"cu_seqlens_q, cu_seqlens_k: expected the same number of sequences, got {batch_q} and {batch_k}")
+    return batch_q
 
 
 def attention_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal, scale=None,
                      position_bias=None):
     """Launch the Triton kernel. Arguments as :func:`kernels.attention`."""
-    cu_q, _ = _check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    batch = _check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     radius = check_position_bias(position_bias, q)
     head_dim = q.shape[2]
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
     out = torch.empty_like(q)
-    batch = len(cu_q) - 1
     if q.shape[0] == 0 or batch == 0:
         return out
     cfg = attention_config(head_dim, q.dtype, position_bias is not None)
     grid = (triton.cdiv(max(max_seqlen_q, 1), cfg.block_m), q.shape[1], batch)
     bias = position_bias if position_bias is not None else q
     _attention_kernel[grid](
-        q, k, v, out, cu_seqlens_q, cu_seqlens_k, bias,
+        q, k, v, out, cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], bias,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         bias.stride(0), scale * LOG2E, radius,
         GROUP=q.shape[1] // k.shape[1], HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),

@@ -121,3 +121,20 @@ def test_attention_rejects_bad_input(impl, device):
         fn(q[0], k, k, cu, cu, 6, 6, causal=True)
     with pytest.raises(ValueError, match="position_bias: expected"):
         fn(q, k, k, cu, cu, 6, 6, causal=True, position_bias=torch.zeros(4, 8, device=device))
+
+
+@pytest.mark.triton
+def test_unchecked_cu_seqlens_are_clamped_in_the_kernel(impl, device, monkeypatch):
+    """On CUDA the launcher does not read cu_seqlens back (a sync per layer); the kernel clamps them into
+    the packed tensors, so an entry past the end shortens that sequence instead of reading out of bounds."""
+    if impl != "triton":
+        pytest.skip("the torch path always validates (it needs the values on the host)")
+    monkeypatch.setenv("KERNELSERVE_CHECK_INDICES", "never")
+    torch.manual_seed(9)
+    q = rand(10, 4, 64, dtype=torch.float32, device=device)
+    k = rand(10, 2, 64, dtype=torch.float32, device=device)
+    v = rand(10, 2, 64, dtype=torch.float32, device=device)
+    bad = torch.tensor([0, 5, 10**6], dtype=torch.int32, device=device)  # the last entry is past the tensor
+    out = attention_triton(q, k, v, bad, bad, 5, 5, causal=True)
+    expected = attention_f64(q, k, v, [5, 5], [5, 5], True, 64 ** -0.5)  # clamped: the second ends at 10
+    assert_close(out, expected, torch.float32, dot_rms=attention_dot_rms(64 ** -0.5, 64))
