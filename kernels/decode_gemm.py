@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ._backend import interpreting
-from .gemm import _ACT_CODE, _activate, _check_linear_args, activation_ref, linear_ref
+from .gemm import _ACT_CODE, _activate, _check_linear_args, activation_ref, as_rows, linear_ref
 from .tuning import Tuner, m_bucket
 
 DECODE_MAX_M = 64  # at most this many rows take the decode path
@@ -134,9 +134,7 @@ def linear_decode_triton(x, weight, bias=None, activation=None, *, config=None):
     """``act(x @ W^T + b)`` for at most :data:`DECODE_MAX_M` rows; the tuned choice of split-K tiles and
     cuBLAS, or ``config`` (tests; the interpreter runs the first split-K tile by default)."""
     _check_linear_args(x, weight, bias, activation)
-    x2 = x.reshape(-1, x.shape[-1])
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    x2 = as_rows(x)
     M, K = x2.shape
     N = weight.shape[0]
     if M > DECODE_MAX_M:

@@ -178,6 +178,13 @@ def _launch(tuner: Tuner, table, config, M, N, K, args, kwargs):
                                           num_stages=config.num_stages)
 
 
+def as_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as ``[rows, K]`` with unit stride along K, as the GEMM kernels index it (a copy only when the
+    last dimension is strided)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
 def _check_linear_args(x, weight, bias, activation):
     check_tensor("x", x, dtypes=FLOAT_DTYPES)
     expect(x.dim() >= 1, "x: expected at least one dimension")
@@ -193,7 +200,7 @@ def _check_linear_args(x, weight, bias, activation):
 def linear_triton(x, weight, bias=None, activation=None, *, config=None):
     """Fused GEMM + bias + activation; see :func:`kernels.linear`."""
     _check_linear_args(x, weight, bias, activation)
-    x2 = x.reshape(-1, x.shape[-1])
+    x2 = as_rows(x)
     M, K = x2.shape
     N = weight.shape[0]
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
@@ -216,7 +223,7 @@ def _check_gated_args(x, w_gate_up, w_down, activation):
 
 def gated_product_triton(x, w_gate_up, activation="silu", *, config=None):
     """``act(x @ Wg^T) * (x @ Wu^T)`` in one kernel: ``[..., I]``."""
-    x2 = x.reshape(-1, x.shape[-1])
+    x2 = as_rows(x)
     M, K = x2.shape
     N = w_gate_up.shape[0] // 2
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)

@@ -35,14 +35,7 @@ import triton.language as tl
 
 from ._backend import interpreting
 from ._validate import FLOAT_DTYPES, check_shape, check_tensor, expect
-from .gemm import (
-    _ACT_CODE,
-    ACTIVATIONS,
-    _activate,
-    _tile_ids,
-    activation_ref,
-    tile_grid,
-)
+from .gemm import _ACT_CODE, ACTIVATIONS, _activate, _tile_ids, activation_ref, as_rows, tile_grid
 from .tuning import Tuner, m_bucket
 
 log = logging.getLogger("kernelserve.kernels")
@@ -233,9 +226,7 @@ def _check_quant_args(x, qw, bias, activation):
 def quant_linear_triton(x, qw: QuantizedWeight, bias=None, activation=None, *, config=None):
     """Dequantise-in-the-GEMM; see the module docstring. ``config`` pins one tile config (tests)."""
     _check_quant_args(x, qw, bias, activation)
-    x2 = x.reshape(-1, x.shape[-1])
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    x2 = as_rows(x)
     M, K = x2.shape
     N = qw.shape[0]
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)

@@ -29,9 +29,9 @@ log = logging.getLogger("kernelserve.engine")
 
 def graph_batch_sizes(max_num_seqs: int) -> list[int]:
     """The buckets: 1, 2, 4, 8, then steps of 8 up to ``max_num_seqs`` (rounded up to a multiple of 8)."""
-    small = [b for b in (1, 2, 4, 8) if b < max_num_seqs] + ([max_num_seqs] if max_num_seqs <= 8 else [])
-    large = list(range(16, -(-max_num_seqs // 8) * 8 + 1, 8)) if max_num_seqs > 8 else []
-    return sorted(set(small + ([8] if max_num_seqs > 8 else []) + large))
+    if max_num_seqs <= 8:
+        return [b for b in (1, 2, 4) if b < max_num_seqs] + [max_num_seqs]
+    return [1, 2, 4] + list(range(8, -(-max_num_seqs // 8) * 8 + 1, 8))
 
 
 def bucket_for(n: int, sizes: list[int]) -> int | None:

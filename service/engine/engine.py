@@ -73,12 +73,12 @@ class LLMEngine:
         caching = config.enable_prefix_caching and not loaded.is_encoder_decoder
         self.block_manager = BlockManager(num_blocks, config.block_size, caching)
         self.scheduler = Scheduler(config, self.block_manager)
-        self.runner = ModelRunner(loaded, config, num_blocks)
         limit = min(loaded.max_model_len, num_blocks * config.block_size)
         self.max_model_len = min(limit, config.max_model_len or limit)
+        self.runner = ModelRunner(loaded, config, num_blocks, self.max_model_len)
         self.warmup_timings: dict = {}
         if config.warmup == "on" or (config.warmup == "auto" and loaded.device.type == "cuda"):
-            plan = WarmupPlan.for_engine(config, self.max_model_len)
+            plan = WarmupPlan.for_engine(config)
             self.warmup_timings = run_plan(self.runner, plan, self.max_model_len, num_blocks, config.block_size)
         self.eos_ids = set(loaded.eos_token_ids)
         self.grammars = Grammars(loaded.tokenizer, loaded.config.vocab_size, sorted(self.eos_ids))

@@ -51,7 +51,7 @@ def graph_memory(loaded: LoadedModel, config: EngineConfig) -> int:
 
 
 class ModelRunner:
-    def __init__(self, loaded: LoadedModel, config: EngineConfig, num_blocks: int):
+    def __init__(self, loaded: LoadedModel, config: EngineConfig, num_blocks: int, max_model_len: int):
         self.loaded = loaded
         self.model = loaded.model
         self.device = loaded.device
@@ -65,11 +65,9 @@ class ModelRunner:
         # encoder-decoders: each sequence's cross-attention K/V, computed once at admission
         self.cross_kv: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.graphs: DecodeGraphs | None = None
-        if uses_graphs(loaded, config):
-            longest = min(loaded.max_model_len, num_blocks * config.block_size,
-                          config.max_model_len or loaded.max_model_len)
+        if uses_graphs(loaded, config):  # tables as wide as the longest sequence the engine admits
             self.graphs = DecodeGraphs(self.model, self.kv_caches, config.max_num_seqs,
-                                       -(-longest // config.block_size), self.device,
+                                       -(-max_model_len // config.block_size), self.device,
                                        capture=self.device.type == "cuda" and config.cuda_graphs == "auto")
 
     def share_cross(self, parent: Sequence, child: Sequence) -> None:
@@ -182,9 +180,9 @@ class ModelRunner:
         """For prefill chunks of requests that asked for prompt logprobs: append to ``seq.prompt_logprobs``
         one (logprob, rank, top [(token, logprob)]) per prompt token after the first, from the logits at the
         position before it. A recompute after preemption adds nothing twice."""
-        offset = 0
+        offset = 0  # one past the chunk's last row in ``hidden``
         for c in out.prefills:
-            seq, first = c.seq, c.start
+            seq = c.seq
             offset += c.end - c.start
             want = seq.params.prompt_logprobs
             if want is None:
@@ -193,12 +191,11 @@ class ModelRunner:
             positions = range(max(c.start, len(seq.prompt_logprobs)), min(c.end, len(seq.prompt_token_ids) - 1))
             if not positions:
                 continue
-            rows = torch.tensor([offset - (c.end - first) + (p - first) for p in positions], device=self.device)
+            rows = torch.tensor([offset - c.end + p for p in positions], device=self.device)
             logp = self.model.logits(hidden[rows]).float().log_softmax(-1)
             targets = torch.tensor([seq.prompt_token_ids[p + 1] for p in positions], device=self.device)
             picked = logp.gather(1, targets[:, None])[:, 0]
-            ranks = (logp > picked[:, None]).sum(-1) + 1
-            top = logp.topk(want, dim=-1) if want else None
-            for k in range(len(positions)):
-                alts = list(zip(top.indices[k].tolist(), top.values[k].tolist())) if want else []
-                seq.prompt_logprobs.append((picked[k].item(), int(ranks[k]), alts))
+            ranks = ((logp > picked[:, None]).sum(-1) + 1).tolist()
+            top_lps, top_ids = logp.topk(want, dim=-1) if want else (logp[:, :0], logp[:, :0].long())
+            for lp, rank, ids, lps in zip(picked.tolist(), ranks, top_ids.tolist(), top_lps.tolist()):
+                seq.prompt_logprobs.append((lp, rank, list(zip(ids, lps))))

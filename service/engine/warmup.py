@@ -34,7 +34,7 @@ class WarmupPlan:
     decode_batches: tuple[int, ...]  # one decode step of each of these many sequences
 
     @staticmethod
-    def for_engine(config: EngineConfig, max_model_len: int) -> "WarmupPlan":
+    def for_engine(config: EngineConfig) -> "WarmupPlan":
         tokens = tuple(m_buckets(config.max_num_batched_tokens))
         tokens = tuple(t for t in tokens if t <= config.max_num_batched_tokens) + (
             (config.max_num_batched_tokens,) if config.max_num_batched_tokens not in tokens else ())

@@ -27,10 +27,10 @@ def test_batch_buckets():
 
 
 def test_warmup_plan_covers_every_bucket():
-    plan = WarmupPlan.for_engine(EngineConfig(max_num_batched_tokens=2048, max_num_seqs=64), 8192)
+    plan = WarmupPlan.for_engine(EngineConfig(max_num_batched_tokens=2048, max_num_seqs=64))
     assert plan.prefill_tokens == (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
     assert plan.decode_batches == tuple(graph_batch_sizes(64))
-    odd = WarmupPlan.for_engine(EngineConfig(max_num_batched_tokens=100, max_num_seqs=12), 8192)
+    odd = WarmupPlan.for_engine(EngineConfig(max_num_batched_tokens=100, max_num_seqs=12))
     assert odd.prefill_tokens[-1] == 100 and odd.decode_batches[-1] == 12
     assert prefill_steps(2048, 513) == [512] * 4 and prefill_steps(100, 8192) == [100]
     assert sum(prefill_steps(1000, 300)) == 1000
