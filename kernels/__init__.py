@@ -4,13 +4,16 @@ Every public function dispatches on :func:`kernels._backend.use_triton`:
 Triton on CUDA tensors (or anywhere under ``TRITON_INTERPRET=1`` with
 ``KERNELSERVE_KERNELS=triton``), the vectorised torch path otherwise. Both
 paths validate their arguments the same way and raise ``ValueError`` on bad
-input. Shapes and semantics are the contract in DESIGN.md.
+input, except inside :func:`trusted_calls`, where a caller that checked its
+inputs once (the engine, per step) skips the per-call checks. Shapes and
+semantics are the contract in DESIGN.md.
 """
 from __future__ import annotations
 
 import torch
 
 from ._backend import BACKENDS, backend_for, interpreting, selected_backend, use_triton
+from ._validate import trusted_calls
 from .decode_gemm import DECODE_MAX_M, linear_decode_triton
 from .flash_attention import attention_ref, attention_triton
 from .gemm import (ACTIVATIONS, activation_ref, ffn_ref, ffn_triton, gated_ffn_ref, gated_ffn_triton, linear_ref,
@@ -29,7 +32,7 @@ if interpreting():
 __all__ = [
     "ACTIVATIONS", "BACKENDS", "QuantizedWeight", "attention", "backend_for", "ffn", "gated_ffn", "interpreting",
     "layer_norm", "linear", "pack_codes", "paged_attention", "prepare_cpu", "quant_linear_ref", "quantize_rtn",
-    "rms_norm", "rotary", "rotary_cos_sin_cache", "selected_backend", "store_kv",
+    "rms_norm", "rotary", "rotary_cos_sin_cache", "selected_backend", "store_kv", "trusted_calls",
 ]
 
 

@@ -5,12 +5,40 @@ a bad call fails loudly in Python instead of reading out of bounds in a kernel.
 """
 from __future__ import annotations
 
+import contextvars
 import os
-from typing import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Launchers check their arguments on every call (types, shapes, dtypes, devices; a few microseconds of
+# Python each, ~10 calls a layer). A caller that builds the arguments itself and checks its inputs once per
+# step (the engine's model runner) may vouch for them with trusted_calls(): the launchers then skip their
+# checks. KERNELSERVE_CHECK_ARGS=always keeps the checks on there too (debugging).
+CHECK_ARGS_ENV = "KERNELSERVE_CHECK_ARGS"
+_TRUSTED = contextvars.ContextVar("kernelserve_trusted_calls", default=False)
+
+
+def checking() -> bool:
+    """Whether launchers check their arguments now (always, outside :func:`trusted_calls`)."""
+    return not _TRUSTED.get()
+
+
+@contextmanager
+def trusted_calls(trusted: bool = True) -> Iterator[None]:
+    """Within, launchers skip their argument checks (``trusted=False``: check, even inside an outer one).
+    The kernels still mask every index outside its tensor, so a wrong index never reads out of bounds."""
+    mode = os.environ.get(CHECK_ARGS_ENV, "auto").strip().lower()
+    if mode not in ("auto", "always"):
+        raise ValueError(f"{CHECK_ARGS_ENV}={mode!r}: expected auto or always")
+    token = _TRUSTED.set(trusted and mode != "always")
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
 
 # Index arguments (block tables, slots, positions) hold values a kernel dereferences. Kernels mask every
 # index outside its tensor (the entry is skipped, never read out of bounds). Launchers also check the

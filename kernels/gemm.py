@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ._backend import interpreting
-from ._validate import FLOAT_DTYPES, check_same_dtype, check_shape, check_tensor, expect
+from ._validate import FLOAT_DTYPES, checking, check_same_dtype, check_shape, check_tensor, expect
 from .tuning import Tuner, m_bucket
 
 ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh", "silu")
@@ -186,6 +186,8 @@ def as_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def _check_linear_args(x, weight, bias, activation):
+    if not checking():  # the caller vouched for the arguments (_validate.trusted_calls)
+        return
     check_tensor("x", x, dtypes=FLOAT_DTYPES)
     expect(x.dim() >= 1, "x: expected at least one dimension")
     check_tensor("weight", weight, ndim=2, dtypes=FLOAT_DTYPES, device=x.device)
@@ -213,6 +215,8 @@ def linear_triton(x, weight, bias=None, activation=None, *, config=None):
 
 
 def _check_gated_args(x, w_gate_up, w_down, activation):
+    if not checking():  # the caller vouched for the arguments (_validate.trusted_calls)
+        return
     _check_linear_args(x, w_gate_up, None, activation)
     expect(activation in ("silu", "gelu", "gelu_tanh", "relu"), lambda: f"activation: expected silu, gelu, gelu_tanh or relu, got {activation!r}")
     expect(w_gate_up.shape[0] % 2 == 0, lambda: f"w_gate_up: expected [2*I, H] (gate rows first), got {list(w_gate_up.shape)}")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._validate import FLOAT_DTYPES, check_same_dtype, check_shape, check_tensor, expect
+from ._validate import FLOAT_DTYPES, checking, check_same_dtype, check_shape, check_tensor, expect
 
 MAX_ROW = 16384  # widest row kept whole in registers
 
@@ -57,6 +57,8 @@ def norm_num_warps(block_n: int) -> int:
 
 
 def _check_norm_args(x, weight, bias, residual):
+    if not checking():  # the caller vouched for the arguments (_validate.trusted_calls)
+        return
     check_tensor("x", x, dtypes=FLOAT_DTYPES)
     expect(x.dim() >= 1, "x: expected at least one dimension")
     n = x.shape[-1]

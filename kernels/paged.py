@@ -25,7 +25,7 @@ import triton.language as tl
 
 from ._softmax import online_softmax_step
 from .flash_attention import check_position_bias, relative_bias_ref
-from ._validate import FLOAT_DTYPES, check_indices, check_same_dtype, check_shape, check_tensor, expect
+from ._validate import FLOAT_DTYPES, checking, check_indices, check_same_dtype, check_shape, check_tensor, expect
 
 LOG2E = 1.4426950408889634
 PARTITION = 512  # tokens per split; a multiple of every supported block size
@@ -167,6 +167,8 @@ def _check_cache(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
 
 
 def _check_paged_args(q, k_cache, v_cache, block_tables, seq_lens):
+    if not checking():  # the caller vouched for the arguments (_validate.trusted_calls)
+        return
     check_tensor("q", q, ndim=3, dtypes=FLOAT_DTYPES)
     _check_cache(k_cache, v_cache)
     check_same_dtype(("q", "k_cache"), (q, k_cache))
@@ -274,6 +276,8 @@ def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, *, scale=No
 
 
 def _check_store_args(k, v, k_cache, v_cache, slot_mapping):
+    if not checking():  # the caller vouched for the arguments (_validate.trusted_calls)
+        return
     for name, t in (("k", k), ("v", v)):
         check_tensor(name, t, ndim=3, dtypes=FLOAT_DTYPES)
     _check_cache(k_cache, v_cache)

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._validate import FLOAT_DTYPES, check_indices, check_same_dtype, check_shape, check_tensor, expect
+from ._validate import FLOAT_DTYPES, checking, check_indices, check_same_dtype, check_shape, check_tensor, expect
 
 
 @triton.jit
@@ -61,6 +61,8 @@ def _rotary_kernel(
 
 
 def _check_rotary_args(q, k, positions, cos_sin_cache):
+    if not checking():  # the caller vouched for the arguments (_validate.trusted_calls)
+        return
     check_tensor("q", q, ndim=3, dtypes=FLOAT_DTYPES)
     check_tensor("k", k, ndim=3, dtypes=FLOAT_DTYPES, device=q.device)
     check_same_dtype(("q", "k"), (q, k))

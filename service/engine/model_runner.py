@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import logging
+from itertools import accumulate
 
 import torch
 
+from kernels import trusted_calls
 from models import AttentionMetadata, LoadedModel
 from models.encoder_decoder import CrossAttention
-from models.metadata import cu_seqlens
 
 from .config import GiB, EngineConfig
 from .cuda_graphs import DecodeGraphs, graph_batch_sizes
 from .scheduler import SchedulerOutput
 from .sequence import Sequence
+from .staging import Staging
 
 log = logging.getLogger("kernelserve.engine")
 
@@ -56,6 +58,11 @@ class ModelRunner:
         self.model = loaded.model
         self.device = loaded.device
         self.block_size = config.block_size
+        self.staging = Staging(self.device, torch.int32)  # the eager path's step inputs, one copy a step
+        self.num_blocks = num_blocks
+        # the step's inputs are checked once on the host (_check_step) and the kernels' per-call checks are
+        # skipped; the warm-up turns them back on, so every shape it runs is checked once before serving
+        self.check_kernel_args = False
         cfg = loaded.config
         shape = (num_blocks, config.block_size, cfg.num_kv_heads, cfg.head_dim)
         self.kv_caches = [(torch.zeros(shape, dtype=loaded.dtype, device=self.device),
@@ -104,9 +111,12 @@ class ModelRunner:
         bs, table = self.block_size, seq.block_table
         return [table[p // bs] * bs + p % bs for p in range(start, end)]
 
-    def _metadata(self, out: SchedulerOutput) -> tuple[list[int], list[int], AttentionMetadata]:
+    def _metadata(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor,
+                                                      list[Sequence]]:
+        """The step's flat inputs, sent to the device in one copy: (token ids, positions, metadata, the
+        rows of the hidden states to take logits of, the sequences those rows sample for)."""
         tokens, positions, slots, kv_slots = [], [], [], []
-        q_lens, k_lens = [], []
+        q_lens, k_lens, rows, seqs = [], [], [], []
         has_prefix = any(c.start > 0 for c in out.prefills)
         for c in out.prefills:
             ids = c.seq.token_ids
@@ -117,52 +127,62 @@ class ModelRunner:
                 kv_slots += self._slots(c.seq, 0, c.end)
             q_lens.append(c.end - c.start)
             k_lens.append(c.end)
+            if c.samples:
+                rows.append(len(tokens) - 1)
+                seqs.append(c.seq)
+        width = max((len(s.block_table) for s in out.decodes), default=0)
+        tables, lens = [], []
         for seq in out.decodes:
+            rows.append(len(tokens))
+            seqs.append(seq)
             tokens.append(seq.token_ids[-1])
             positions.append(len(seq) - 1)
             slots += self._slots(seq, len(seq) - 1, len(seq))
-        dev = self.device
-        decode_tables = decode_lens = None
-        if out.decodes:
-            width = max(len(s.block_table) for s in out.decodes)
-            decode_tables = torch.tensor([s.block_table + [0] * (width - len(s.block_table)) for s in out.decodes],
-                                         dtype=torch.int32, device=dev)
-            decode_lens = torch.tensor([len(s) for s in out.decodes], dtype=torch.int32, device=dev)
+            tables += seq.block_table + [0] * (width - len(seq.block_table))
+            lens.append(len(seq))
+        self._check_step(tokens, slots + kv_slots, tables)
+        (tokens_t, positions_t, slots_t, kv_slots_t, cu_q, cu_k, tables_t, lens_t, rows_t) = self.staging.send(
+            tokens, positions, slots, kv_slots, [0, *accumulate(q_lens)], [0, *accumulate(k_lens)], tables, lens,
+            rows)
         meta = AttentionMetadata(
-            num_prefill_tokens=sum(q_lens), cu_seqlens_q=cu_seqlens(q_lens, dev), cu_seqlens_k=cu_seqlens(k_lens, dev),
+            num_prefill_tokens=sum(q_lens), cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
             max_seqlen_q=max(q_lens, default=0), max_seqlen_k=max(k_lens, default=0),
-            prefill_kv_slots=torch.tensor(kv_slots, device=dev) if has_prefix else None,
-            decode_block_tables=decode_tables, decode_seq_lens=decode_lens,
-            slot_mapping=torch.tensor(slots, device=dev),
-        )
-        return tokens, positions, meta
+            prefill_kv_slots=kv_slots_t if has_prefix else None,
+            decode_block_tables=tables_t.view(len(lens), width) if out.decodes else None,
+            decode_seq_lens=lens_t if out.decodes else None, slot_mapping=slots_t)
+        return tokens_t, positions_t, meta, rows_t, seqs
+
+    def _check_step(self, tokens: list[int], slots: list[int], tables: list[int]) -> None:
+        """The step's indices, checked once on the host instead of in every kernel call of every layer (the
+        kernels mask what is out of range, but an embedding lookup would not): a failure is an engine bug."""
+        vocab, top = self.loaded.config.vocab_size, self.num_blocks * self.block_size
+        if tokens and not 0 <= min(tokens) <= max(tokens) < vocab:
+            raise RuntimeError(f"step inputs: a token id outside [0, {vocab})")
+        if slots and not 0 <= min(slots) <= max(slots) < top:
+            raise RuntimeError(f"step inputs: a KV slot outside [0, {top})")
+        if tables and not 0 <= min(tables) <= max(tables) < self.num_blocks:
+            raise RuntimeError(f"step inputs: a block outside [0, {self.num_blocks})")
 
     @torch.inference_mode()
     def run(self, out: SchedulerOutput) -> tuple[torch.Tensor, list[Sequence]]:
         """One forward pass; returns float32 logits [N, V] for the N sequences that sample, and those sequences."""
+        with trusted_calls(not self.check_kernel_args):
+            return self._run(out)
+
+    def _run(self, out: SchedulerOutput) -> tuple[torch.Tensor, list[Sequence]]:
         for src, dst in out.copies:  # copy-on-write of blocks shared by forked beams
             for k_cache, v_cache in self.kv_caches:
                 k_cache[dst].copy_(k_cache[src])
                 v_cache[dst].copy_(v_cache[src])
         if self._graph_step(out):
             return self._run_graph(out.decodes), list(out.decodes)
-        tokens, positions, meta = self._metadata(out)
+        tokens, positions, meta, rows, seqs = self._metadata(out)
         extra = () if not self.loaded.is_encoder_decoder else (self._cross(out),)
-        hidden = self.model(torch.tensor(tokens, device=self.device), torch.tensor(positions, device=self.device),
-                            meta, self.kv_caches, *extra)
+        hidden = self.model(tokens, positions, meta, self.kv_caches, *extra)
         self._prompt_logprobs(out, hidden)
-        rows, seqs, offset = [], [], 0
-        for c in out.prefills:
-            offset += c.end - c.start
-            if c.samples:
-                rows.append(offset - 1)
-                seqs.append(c.seq)
-        for i, seq in enumerate(out.decodes):
-            rows.append(offset + i)
-            seqs.append(seq)
-        if not rows:
+        if not seqs:
             return torch.empty(0, device=self.device), []
-        return self.model.logits(hidden[torch.tensor(rows, device=self.device)]), seqs
+        return self.model.logits(hidden.index_select(0, rows)), seqs
 
     def _graph_step(self, out: SchedulerOutput) -> bool:
         """Whether this step replays a decode graph: decodes only, within the largest bucket and width."""
@@ -173,7 +193,9 @@ class ModelRunner:
         bs = self.block_size
         last = [len(s) - 1 for s in seqs]
         slots = [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, last)]
-        return self.graphs.run([s.token_ids[-1] for s in seqs], last, slots, [s.block_table for s in seqs],
+        tokens = [s.token_ids[-1] for s in seqs]
+        self._check_step(tokens, slots, [])  # table entries are masked in the kernel, not read here
+        return self.graphs.run(tokens, last, slots, [s.block_table for s in seqs],
                                [len(s) for s in seqs])
 
     def _prompt_logprobs(self, out: SchedulerOutput, hidden: torch.Tensor) -> None:

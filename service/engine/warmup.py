@@ -61,6 +61,23 @@ def run_plan(runner, plan: WarmupPlan, max_model_len: int, num_blocks: int, bloc
     """Run ``plan``'s forwards through ``runner`` (and its graph path); returns timings in seconds."""
     encoder = runner.loaded.is_encoder_decoder
     timings = {}
+    runner.check_kernel_args = True  # every shape the plan runs has its kernel arguments checked once
+    try:
+        _run_forwards(runner, plan, max_model_len, num_blocks, block_size, encoder, timings)
+    finally:
+        runner.check_kernel_args = False
+    if runner.graphs is not None:
+        timings["graphs"] = runner.graphs.capture_all()
+    if runner.device.type == "cuda":
+        torch.cuda.synchronize(runner.device)
+    log.info("%s: warmed up %d prefill and %d decode shapes (%.1f s prefill, %.1f s decode, %.1f s graphs)",
+             runner.loaded.name, len(plan.prefill_tokens), len(plan.decode_batches), timings["prefill"],
+             timings["decode"], timings.get("graphs", 0.0))
+    return timings
+
+
+def _run_forwards(runner, plan: WarmupPlan, max_model_len: int, num_blocks: int, block_size: int, encoder: bool,
+                  timings: dict) -> None:
     start = time.perf_counter()
     for total in plan.prefill_tokens:
         seqs, block = [], 0
@@ -85,11 +102,3 @@ def run_plan(runner, plan: WarmupPlan, max_model_len: int, num_blocks: int, bloc
         for s in seqs:
             runner.release(s)
     timings["decode"] = time.perf_counter() - start
-    if runner.graphs is not None:
-        timings["graphs"] = runner.graphs.capture_all()
-    if runner.device.type == "cuda":
-        torch.cuda.synchronize(runner.device)
-    log.info("%s: warmed up %d prefill and %d decode shapes (%.1f s prefill, %.1f s decode, %.1f s graphs)",
-             runner.loaded.name, len(plan.prefill_tokens), len(plan.decode_batches), timings["prefill"],
-             timings["decode"], timings.get("graphs", 0.0))
-    return timings
