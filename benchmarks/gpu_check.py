@@ -6,8 +6,9 @@ Steps (each a subprocess, so one failing does not hide the others; the exit stat
 1. the CUDA kernel tests (pytest ``-m triton`` on CUDA; with pytest-xdist, one worker per core). Every tile
    config is proven by the AOT compile test on CPU, so here the GEMM tests skip their every-config cases and
    run each kernel's first candidate without timing the others (``KERNELSERVE_TUNING=off``);
-2. model parity on the device (tests/models/test_device_parity.py) and CUDA graphs vs eager
-   (tests/engine/test_cuda_graphs.py);
+2. model parity on the device (tests/models/test_device_parity.py), CUDA graphs vs eager
+   (tests/engine/test_cuda_graphs.py) and the sampler on the device (tests/engine/test_sampler.py: no
+   implicit synchronisation, the CPU's tokens, the distribution);
 3. the serving benchmark (benchmarks/gpu_serving.py);
 4. the kernel benchmark (benchmarks/kernels.py).
 Results (markdown tables, pytest logs) go to ``--out`` (default ``$OUT`` when set, else
@@ -33,8 +34,9 @@ def steps(out: str) -> list[tuple[str, list[str]]]:
     pytest = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts="]
     return [
         ("CUDA kernel tests", ["env", "KERNELSERVE_TUNING=off", *pytest, "-m", "triton", *xdist, "tests/kernels"]),
-        ("model parity + CUDA graphs", pytest + ["tests/models/test_device_parity.py",
-                                                 "tests/engine/test_cuda_graphs.py"]),
+        ("model parity, CUDA graphs, sampler", pytest + ["tests/models/test_device_parity.py",
+                                                         "tests/engine/test_cuda_graphs.py",
+                                                         "tests/engine/test_sampler.py"]),
         ("serving benchmark", [py, "benchmarks/gpu_serving.py", "--output", os.path.join(out, "gpu-serving.md")]),
         ("kernel benchmark", [py, "benchmarks/kernels.py", "--quick", "--output", os.path.join(out, "kernels.md")]),
     ]

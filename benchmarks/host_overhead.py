@@ -6,7 +6,8 @@ Decode inputs go through the eager metadata path and through the CUDA graphs' pa
 capture, on CPU). The model is a 1-layer Llama with SmolLM2's real tokenizer (so detokenisation is real) whose
 forward returns at once and whose logits are SmolLM2's real next-token logits for a chat prompt,
 the same every step: what is left of a step is the
-scheduler, the step's metadata, sampling (greedy, and top-p with seeds) and postprocessing —
+scheduler, the step's metadata, sampling (greedy, temperature over the whole vocabulary, and top-p with
+seeds) and postprocessing —
 the work a GPU would wait on. Prints microseconds per step and per sequence and writes
 benchmarks/results/host-overhead.md.
 """
@@ -87,6 +88,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         loaded = stub_model(folder)
         workloads = {"greedy": SamplingParams(max_tokens=4000, temperature=0, ignore_eos=True),
+                     "temperature 1 (full vocabulary)": SamplingParams(max_tokens=4000, temperature=1.0,
+                                                                       ignore_eos=True),
                      "top-p 0.9, seeded": SamplingParams(max_tokens=4000, temperature=0.8, top_p=0.9, seed=1,
                                                          ignore_eos=True)}
         rows = []
@@ -103,8 +106,8 @@ def main(argv=None) -> int:
         f"{args.steps} steps after warm-up", "",
         "| sampling | decode inputs | batch | µs per step | µs per sequence |", "|---|---|---:|---:|---:|", *rows,
         "", "Decode inputs: `eager metadata` builds the step's AttentionMetadata tensors (the path prefill and "
-        "mixed steps take); `graph buffers` fills the CUDA graphs' static, padded buffers (two host-to-device "
-        "copies a step on CUDA; the padded path without capture here). Logits and forward are stubs in both."])
+        "mixed steps take); `graph buffers` fills the CUDA graphs' static, padded buffers (one host-to-device "
+        "copy a step on CUDA; the padded path without capture here). Logits and forward are stubs in both."])
     publish(text, args.output)
     return 0
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -20,12 +21,13 @@ from .config import EngineConfig
 from .detokenize import TextState
 from .faults import RequestFailed, describe, is_unrecoverable
 from .grammar import GrammarError, Grammars
-from .model_runner import ModelRunner, kv_cache_blocks
+from .model_runner import ModelRunner, graph_memory, kv_cache_blocks
 from .outputs import CompletionOutput, RequestOutput, RequestTimes, TokenLogprob
 from .sampler import sample
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
 from .sequence import FinishReason, Sequence
+from .staging import Staging
 from .warmup import WarmupPlan, run_plan
 
 log = logging.getLogger("kernelserve.engine")
@@ -80,11 +82,21 @@ class LLMEngine:
         if config.warmup == "on" or (config.warmup == "auto" and loaded.device.type == "cuda"):
             plan = WarmupPlan.for_engine(config)
             self.warmup_timings = run_plan(self.runner, plan, self.max_model_len, num_blocks, config.block_size)
+            self._check_graph_memory()
         self.eos_ids = set(loaded.eos_token_ids)
         self.grammars = Grammars(loaded.tokenizer, loaded.config.vocab_size, sorted(self.eos_ids))
         self.requests: dict[str, Request] = {}
-        self.generators: dict[int, torch.Generator] = {}
+        self.rng = random.Random()  # unseeded rows' draws; seeded rows hash their seed (sampler.seeded_uniform)
+        self.sampling_staging = Staging(loaded.device, torch.float64)
         self.counters = EngineCounters()
+
+    def _check_graph_memory(self) -> None:
+        """The KV cache was sized with an estimate of the graphs' memory kept back; say so if capture took more."""
+        graphs, kept = self.runner.graphs, graph_memory(self.loaded, self.config)
+        if graphs is not None and self.config.kv_cache_memory is None and graphs.pool_bytes > kept:
+            log.warning("decode CUDA graphs took %.0f MiB, more than the %.0f MiB kept back from the KV cache: "
+                        "if memory runs short, pass --kv-cache-memory or --enforce-eager", graphs.pool_bytes / 2**20,
+                        kept / 2**20)
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
@@ -102,7 +114,6 @@ class LLMEngine:
             seqs = [Sequence(request_id, i, list(prompt_token_ids), params, now) for i in range(count)]
         # build everything first, then commit: a failure half way leaves no trace in the scheduler
         texts = {s.seq_id: TextState.create(self.loaded.tokenizer, s.prompt_token_ids, params) for s in seqs}
-        generators = {s.seq_id: self._generator(params.seed, s.index) for s in seqs if params.seed is not None}
         if params.grammar is not None:
             for s in seqs:
                 s.grammar = self.grammars.matcher(params.grammar)
@@ -112,14 +123,9 @@ class LLMEngine:
             beam = BeamState(params, stops, scores={seqs[0].seq_id: 0.0})
         self.requests[request_id] = Request(request_id, list(prompt_token_ids), params, seqs, texts,
                                             RequestTimes(now), beam=beam)
-        self.generators.update(generators)
         for s in seqs:
             self.scheduler.add(s)
         self.counters.prompt_tokens += len(prompt_token_ids)
-
-    def _generator(self, seed: int, index: int) -> torch.Generator:
-        # torch takes seeds in [-2**63, 2**64): wrap so seed + index never overflows
-        return torch.Generator(device=self.loaded.device).manual_seed((seed + index) % 2**64)
 
     def _check_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         if not prompt_token_ids:
@@ -238,7 +244,7 @@ class LLMEngine:
             return failed
         try:
             rows = logits if len(plain) == len(seqs) else logits[plain]  # a list index would copy every row
-            result = sample(rows, [seqs[i] for i in plain], self.generators, self.eos_ids)
+            result = sample(rows, [seqs[i] for i in plain], self.rng, self.eos_ids, self.sampling_staging)
             picks = list(zip(plain, result.token_ids, result.logprobs))
         except Exception as err:
             if is_unrecoverable(err):
@@ -257,7 +263,7 @@ class LLMEngine:
             seq = seqs[i]
             if seq.request_id in failed:
                 continue
-            result = self._isolated(seq.request_id, "sampling", sample, logits[i:i + 1], [seq], self.generators,
+            result = self._isolated(seq.request_id, "sampling", sample, logits[i:i + 1], [seq], self.rng,
                                     self.eos_ids, failed=failed)
             if result is not None:
                 picks.append((i, result.token_ids[0], result.logprobs[0]))
@@ -288,7 +294,6 @@ class LLMEngine:
                 if not seq.finished:
                     self.scheduler.finish(seq, FinishReason.ERROR)
                     self.runner.release(seq)
-                    self.generators.pop(seq.seq_id, None)
             self.requests.pop(req.request_id, None)
             self.counters.failed += 1
             message = f"request {req.request_id} failed during {stage}: {describe(err)}"
@@ -405,7 +410,6 @@ class LLMEngine:
     def _finish(self, req: Request, seq: Sequence, reason: FinishReason, stop=None) -> None:
         self.scheduler.finish(seq, reason)
         self.runner.release(seq)
-        self.generators.pop(seq.seq_id, None)
         text = req.texts[seq.seq_id]
         if reason is not FinishReason.STOP or text.stop_reason is None:
             text.finish()

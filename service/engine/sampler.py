@@ -1,21 +1,29 @@
 """Batched sampling: logit bias, penalties, banned tokens, grammars, temperature, top-k, top-p, min-p,
 seeds and logprobs.
 
-Everything is vectorised over the batch except drawing the random numbers:
-each seeded sequence draws from its own ``torch.Generator``, so its samples
-do not depend on what else shares the batch. Sampling uses the exponential
-race (``argmax(p / E)`` with ``E ~ Exp(1)`` is a draw from ``p``); rows with
-top-k or top-p race over their few candidate tokens, not the whole vocabulary.
+The work runs on the logits' device and reads back once. Every per-row number (temperature, top-k/p,
+min-p, penalties, bias, bans, the row's random draw) reaches the device in one copy
+(:class:`SamplingBatch`); the chosen tokens, with their logprobs when asked, come back in one read
+(:func:`_read_back`). Which rows take which path is decided on the host from their parameters, never
+from values on the device.
+
+Drawing: a row takes one uniform number ``u`` and the token at which the cumulative probability first
+exceeds ``u`` (inverse CDF) — over its candidates sorted by probability for rows with top-k or top-p,
+over the vocabulary in id order otherwise. A seeded row's ``u`` is a hash of (seed, sequence index,
+output position) (:func:`seeded_uniform`), so its tokens depend on nothing else in the batch, survive
+preemption and are the same on every device; other rows take ``u`` from the engine's random source.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, replace
 
 import torch
 
 from .grammar import mask_logits
 from .sampling_params import SamplingParams
 from .sequence import Sequence
+from .staging import Staging
 
 
 @dataclass
@@ -25,37 +33,187 @@ class SampleResult:
     logprobs: list[tuple[float, list[tuple[int, float]]] | None]
 
 
-def _column(values, device, dtype=torch.float32) -> torch.Tensor:
-    return torch.tensor(values, device=device, dtype=dtype)[:, None]
+_MASK64 = 2**64 - 1
 
 
-def _token_counts(seqs: list[Sequence], vocab: int, device, outputs_only: bool) -> torch.Tensor:
-    counts = torch.zeros(len(seqs), vocab, device=device)
-    for row, seq in enumerate(seqs):
-        ids = seq.output_token_ids if outputs_only else seq.token_ids
-        if ids:
-            counts[row].index_add_(0, torch.tensor(ids, device=device), torch.ones(len(ids), device=device))
-    return counts
+def _mix64(z: int) -> int:
+    """splitmix64's finaliser (Steele, Lea & Flood, 2014): a bijection of 64-bit words that scatters bits."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
 
 
-def apply_penalties_and_bias(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-    params = [s.params for s in seqs]
-    if any(p.logit_bias for p in params):
-        rows = [r for r, p in enumerate(params) for _ in p.logit_bias]
-        cols = [t for p in params for t, _ in p.logit_bias]
-        vals = [b for p in params for _, b in p.logit_bias]
-        logits = logits.index_put((torch.tensor(rows), torch.tensor(cols)), torch.tensor(vals, device=logits.device),
-                                  accumulate=True)
-    if any(p.repetition_penalty != 1.0 for p in params):
+def seeded_uniform(seed: int, index: int, position: int) -> float:
+    """The uniform number in [0, 1) that sequence ``index`` of a request seeded ``seed`` draws its output
+    token ``position`` with: 32 random bits (so ``u * total < total`` holds exactly in float64)."""
+    stream = _mix64((seed + index) & _MASK64)
+    return (_mix64((stream + (position + 1) * 0x9E3779B97F4A7C15) & _MASK64) >> 32) * 2.0**-32
+
+
+def row_uniform(seq: Sequence, rng: random.Random) -> float:
+    """This step's uniform number for ``seq``: from its seed when it has one, else from ``rng``."""
+    seed = seq.params.seed
+    if seed is None:
+        return rng.getrandbits(32) * 2.0**-32
+    return seeded_uniform(seed, seq.index, len(seq.output_token_ids))
+
+
+@dataclass
+class Filters:
+    """Temperature, top-k, top-p and min-p of some rows: device columns ``[R, 1]`` and which are in use."""
+    temperature: torch.Tensor  # float32, 1 for greedy rows
+    top_k: torch.Tensor  # int64, the vocabulary size where there is no limit
+    top_p: torch.Tensor  # float32
+    min_p: torch.Tensor  # float32
+    uses_top_k: bool
+    uses_top_p: bool
+    uses_min_p: bool
+
+    @staticmethod
+    def columns(params: list[SamplingParams], vocab: int) -> list[list[float]]:
+        return [[p.temperature if p.temperature > 0 else 1.0 for p in params],
+                [p.top_k if 0 < p.top_k < vocab else vocab for p in params],
+                [p.top_p for p in params], [p.min_p for p in params]]
+
+    @classmethod
+    def of(cls, params: list[SamplingParams], vocab: int, values: list[torch.Tensor]) -> "Filters":
+        """From :meth:`columns`' values on the device."""
+        temperature, top_k, top_p, min_p = (v[:, None] for v in values)
+        return cls(temperature.float(), top_k.long(), top_p.float(), min_p.float(), any(0 < p.top_k < vocab for p in params),
+                   any(p.top_p < 1.0 for p in params), any(p.min_p > 0 for p in params))
+
+    @classmethod
+    def for_params(cls, params: list[SamplingParams], vocab: int, device="cpu") -> "Filters":
+        """Built directly (tests, one-off use); the sampler builds them inside :class:`SamplingBatch`."""
+        return cls.of(params, vocab, [torch.tensor(c, dtype=torch.float64, device=device)
+                                      for c in cls.columns(params, vocab)])
+
+    def take(self, rows: torch.Tensor | None) -> "Filters":
+        if rows is None:
+            return self
+        t = [c.index_select(0, rows) for c in (self.temperature, self.top_k, self.top_p, self.min_p)]
+        return Filters(*t, self.uses_top_k, self.uses_top_p, self.uses_min_p)
+
+
+@dataclass
+class SamplingBatch:
+    """Everything the sampler needs for one batch of rows, on the logits' device after one copy.
+
+    Row subsets are device index tensors (``None`` when the subset is every row: no copy of the logits)."""
+    seqs: list[Sequence]
+    greedy: list[bool]
+    sampled: list[int]  # rows that draw (not greedy)
+    short: list[int]  # among ``sampled``, positions of rows with top-k or top-p (they race over candidates)
+    full: list[int]  # among ``sampled``, the others (whole vocabulary)
+    sampled_rows: torch.Tensor | None
+    short_rows: torch.Tensor | None
+    full_rows: torch.Tensor | None
+    filters: Filters | None  # of the sampled rows
+    uniform: torch.Tensor | None  # float64 [S], of the sampled rows
+    bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # rows, tokens, values
+    seen: tuple[torch.Tensor, torch.Tensor] | None  # rows, tokens in prompt or output (repetition penalty)
+    generated: tuple[torch.Tensor, torch.Tensor] | None  # rows, output tokens, one entry per occurrence
+    penalties: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # repetition, presence, frequency [R, 1]
+    banned: tuple[torch.Tensor, torch.Tensor] | None  # rows, tokens
+    grammar_rows: torch.Tensor | None  # bool [R, 1]: rows with a grammar (only when bans apply too)
+
+    @classmethod
+    def build(cls, seqs: list[Sequence], vocab: int, device, rng: random.Random, stop_ids=(),
+              staging: Staging | None = None) -> "SamplingBatch":
+        params = [s.params for s in seqs]
+        greedy = [p.greedy for p in params]
+        sampled = [i for i, g in enumerate(greedy) if not g]
+        short = [k for k, i in enumerate(sampled) if 0 < params[i].top_k < vocab or params[i].top_p < 1.0]
+        full = sorted(set(range(len(sampled))) - set(short))
+        parts: dict[str, list] = {}  # name -> list of numbers, all sent in one copy
+
+        def subset(name: str, rows: list[int], of: int) -> None:
+            if len(rows) < of:
+                parts[name] = rows
+
+        subset("sampled_rows", sampled, len(seqs))
+        subset("short_rows", short, len(sampled))
+        subset("full_rows", full, len(sampled))
+        if sampled:
+            sampled_params = [params[i] for i in sampled]
+            for name, column in zip(("temperature", "top_k", "top_p", "min_p"),
+                                    Filters.columns(sampled_params, vocab)):
+                parts[name] = column
+            parts["uniform"] = [row_uniform(seqs[i], rng) for i in sampled]
+        if any(p.logit_bias for p in params):
+            cells = [(r, t, b) for r, p in enumerate(params) for t, b in p.logit_bias]
+            parts["bias_rows"], parts["bias_tokens"], parts["bias_values"] = (list(c) for c in zip(*cells))
+        if any(p.repetition_penalty != 1.0 for p in params):
+            cells = [(r, t) for r, s in enumerate(seqs) if s.params.repetition_penalty != 1.0
+                     for t in set(s.token_ids)]
+            parts["seen_rows"], parts["seen_tokens"] = ([c[0] for c in cells], [c[1] for c in cells])
+        if any(p.presence_penalty or p.frequency_penalty for p in params):
+            cells = [(r, t) for r, s in enumerate(seqs) if s.params.presence_penalty or s.params.frequency_penalty
+                     for t in s.output_token_ids]
+            parts["generated_rows"], parts["generated_tokens"] = ([c[0] for c in cells], [c[1] for c in cells])
+        if "seen_rows" in parts or "generated_rows" in parts:
+            parts["repetition"] = [p.repetition_penalty for p in params]
+            parts["presence"] = [p.presence_penalty for p in params]
+            parts["frequency"] = [p.frequency_penalty for p in params]
+        bans = [(r, t) for r, s in enumerate(seqs) for t in _banned(s, stop_ids) if t < vocab]
+        if bans:
+            parts["ban_rows"], parts["ban_tokens"] = ([c[0] for c in bans], [c[1] for c in bans])
+            if any(s.grammar is not None for s in seqs):
+                parts["grammar_rows"] = [float(s.grammar is not None) for s in seqs]
+        sent = dict(zip(parts, (staging or Staging(device, torch.float64)).send(*parts.values())))
+        return cls._from_sent(seqs, greedy, sampled, short, full, sent, vocab)
+
+    @classmethod
+    def _from_sent(cls, seqs, greedy, sampled, short, full, sent: dict[str, torch.Tensor],
+                   vocab: int) -> "SamplingBatch":
+        def rows(name):
+            return sent[name].long() if name in sent else None
+
+        def cells(*names):
+            return tuple(rows(n) for n in names) if names[0] in sent else None
+
+        bias = None
+        if "bias_rows" in sent:
+            bias = (rows("bias_rows"), rows("bias_tokens"), sent["bias_values"].float())
+        penalties = None
+        if "repetition" in sent:
+            penalties = tuple(sent[n].float()[:, None] for n in ("repetition", "presence", "frequency"))
+        filters = None
+        if sampled:
+            filters = Filters.of([seqs[i].params for i in sampled], vocab,
+                                 [sent[n] for n in ("temperature", "top_k", "top_p", "min_p")])
+        return cls(seqs, greedy, sampled, short, full, rows("sampled_rows"), rows("short_rows"), rows("full_rows"),
+                   filters, sent.get("uniform"), bias, cells("seen_rows", "seen_tokens"),
+                   cells("generated_rows", "generated_tokens"), penalties, cells("ban_rows", "ban_tokens"),
+                   sent["grammar_rows"].bool()[:, None] if "grammar_rows" in sent else None)
+
+
+def _take(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """``t``'s rows ``rows`` (``None``: all of them, without a copy)."""
+    return t if rows is None else t.index_select(0, rows)
+
+
+def _counts(shape, cells: tuple[torch.Tensor, torch.Tensor], device) -> torch.Tensor:
+    rows, tokens = cells
+    return torch.zeros(shape, device=device).index_put_((rows, tokens), torch.ones((), device=device),
+                                                        accumulate=True)
+
+
+def apply_penalties_and_bias(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    if batch.bias is not None:
+        rows, tokens, values = batch.bias
+        logits = logits.index_put((rows, tokens), values, accumulate=True)
+    if batch.penalties is None:
+        return logits
+    repetition, presence, frequency = batch.penalties
+    if batch.seen is not None:
         # HF / vLLM: tokens seen in prompt or output get logit / r if positive, logit * r if negative
-        seen = _token_counts(seqs, logits.shape[1], logits.device, outputs_only=False) > 0
-        r = _column([p.repetition_penalty for p in params], logits.device)
-        logits = torch.where(seen, torch.where(logits > 0, logits / r, logits * r), logits)
-    if any(p.presence_penalty or p.frequency_penalty for p in params):
+        seen = _counts(logits.shape, batch.seen, logits.device) > 0
+        logits = torch.where(seen, torch.where(logits > 0, logits / repetition, logits * repetition), logits)
+    if batch.generated is not None:
         # OpenAI: logit -= presence * [count > 0] + frequency * count, over generated tokens
-        counts = _token_counts(seqs, logits.shape[1], logits.device, outputs_only=True)
-        logits = logits - _column([p.presence_penalty for p in params], logits.device) * (counts > 0)
-        logits = logits - _column([p.frequency_penalty for p in params], logits.device) * counts
+        counts = _counts(logits.shape, batch.generated, logits.device)
+        logits = logits - presence * (counts > 0) - frequency * counts
     return logits
 
 
@@ -64,6 +222,8 @@ def _banned(seq: Sequence, stop_ids) -> set[int]:
     last token of each bad word whose other tokens end its output (vLLM's bad_words)."""
     p, out = seq.params, seq.output_token_ids
     banned = set()
+    if not (p.min_tokens or p.bad_words_token_ids):
+        return banned
     if len(out) < p.min_tokens:
         banned |= set(p.stop_token_ids) | (set() if p.ignore_eos else set(stop_ids))
     for word in p.bad_words_token_ids:
@@ -73,164 +233,162 @@ def _banned(seq: Sequence, stop_ids) -> set[int]:
     return banned
 
 
-def apply_bans(logits: torch.Tensor, seqs: list[Sequence], stop_ids=()) -> torch.Tensor:
-    """``logits`` with each row's banned tokens at -inf (a copy when any are; see :func:`_banned`)."""
-    if not any(s.params.min_tokens or s.params.bad_words_token_ids for s in seqs):
-        return logits
-    cells = [(row, t) for row, seq in enumerate(seqs) for t in _banned(seq, stop_ids) if t < logits.shape[1]]
-    if not cells:
-        return logits
-    rows, cols = zip(*cells)
-    return logits.index_put((torch.tensor(rows), torch.tensor(cols)),
-                            torch.tensor(float("-inf"), device=logits.device))
-
-
-def constrain(logits: torch.Tensor, seqs: list[Sequence], stop_ids=()) -> torch.Tensor:
+def constrain(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     """Bans, then each row's grammar. Where the two leave a row nothing (a finished JSON object that may only
     end, under min_tokens), the grammar wins: structured output must stay valid."""
-    banned = apply_bans(logits, seqs, stop_ids)
-    states = [s.grammar for s in seqs]
+    states = [s.grammar for s in batch.seqs]
+    if batch.banned is None:
+        return mask_logits(logits, states)
+    banned = logits.index_put(batch.banned, logits.new_full((), float("-inf")))
     constrained = mask_logits(banned, states)
-    if constrained is banned or banned is logits:
+    if batch.grammar_rows is None:
         return constrained
-    dead = [i for i in range(len(seqs)) if states[i] is not None and bool(torch.isneginf(constrained[i]).all())]
-    if dead:
-        constrained[dead] = mask_logits(logits[dead], [states[i] for i in dead])
-    return constrained
+    dead = torch.isneginf(constrained).all(-1, keepdim=True) & batch.grammar_rows
+    return torch.where(dead, mask_logits(logits, states), constrained)
 
 
-def _filter(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+def _filter(logits: torch.Tensor, f: Filters) -> torch.Tensor:
     """Temperature, then top-k, top-p and min-p masks over the whole vocabulary (all rows at once).
 
-    The reference semantics; :func:`_candidates` computes the same distribution from a short list.
-    """
-    temps = _column([p.temperature if p.temperature > 0 else 1.0 for p in params], logits.device)
-    logits = logits / temps
-    if any(p.top_k > 0 for p in params):
-        k = torch.tensor([p.top_k if p.top_k > 0 else logits.shape[1] for p in params], device=logits.device)
-        kth = logits.sort(dim=-1, descending=True).values.gather(1, (k - 1).clamp(max=logits.shape[1] - 1)[:, None])
+    The reference semantics; :func:`_candidates` computes the same distribution from a sorted list."""
+    logits = logits / f.temperature
+    if f.uses_top_k:
+        kth = logits.sort(dim=-1, descending=True).values.gather(1, (f.top_k - 1).clamp(max=logits.shape[1] - 1))
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if any(p.top_p < 1.0 for p in params):
+    if f.uses_top_p:
         probs_sorted, order = logits.softmax(-1).sort(dim=-1, descending=True)
         before = probs_sorted.cumsum(-1) - probs_sorted  # mass strictly above each token
-        drop_sorted = before > _column([p.top_p for p in params], logits.device)
+        drop_sorted = before > f.top_p
         logits = logits.masked_fill(torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted), float("-inf"))
-    if any(p.min_p > 0 for p in params):
+    if f.uses_min_p:
         probs = logits.softmax(-1)
-        floor = probs.max(-1, keepdim=True).values * _column([p.min_p for p in params], logits.device)
-        logits = logits.masked_fill(probs < floor, float("-inf"))
+        logits = logits.masked_fill(probs < probs.max(-1, keepdim=True).values * f.min_p, float("-inf"))
     return logits
 
 
 FIRST_CANDIDATES = 64  # top-p rarely needs more tokens than this to cover its mass; 16x more, then all
 
 
-def _candidates(logits: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same distribution as :func:`_filter` for rows with top-k or top-p, from their highest logits only.
+def _candidates(logits: torch.Tensor, f: Filters, grow: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distribution of :func:`_filter` for rows with top-k or top-p, as their highest logits in order.
 
-    A full sort of a 49k vocabulary costs ~3.6 ms a row on the CPU; ``topk`` of 64 ~0.1 ms. Top-p needs
-    the candidates to hold more than ``top_p`` of the mass (then every token after them has more than
-    ``top_p`` above it and is dropped, exactly as in the full sort); the list grows until they do.
-    Returns (logits [R, C] with dropped candidates at -inf, their token ids [R, C]).
+    Returns (logits [R, C] sorted highest first, dropped candidates at -inf; their token ids [R, C]).
+    With ``grow`` the list starts short and grows until it holds more than ``top_p`` of each row's mass
+    (then every token after it has more than ``top_p`` above it and is dropped, exactly as in a full sort):
+    on a CPU a full sort of a 49k vocabulary costs ~3.6 ms a row and ``topk`` of 64 ~0.1 ms. Without it the
+    whole vocabulary is sorted once, which asks nothing of the host (the GPU path: no read-back).
     """
     vocab = logits.shape[1]
-    temps = _column([p.temperature if p.temperature > 0 else 1.0 for p in params], logits.device)
-    logits = logits / temps
-    ks = torch.tensor([p.top_k if 0 < p.top_k < vocab else vocab for p in params], device=logits.device)[:, None]
-    top_p = _column([p.top_p for p in params], logits.device)
+    logits = logits / f.temperature
+    has_top_k = f.top_k < vocab
     # every row's top-k survivors are always in the list (their softmax normalises top-p); top-p rows
     # without top-k normalise over the whole vocabulary and need the list to cover their mass
-    want = max([k for k in ks[:, 0].tolist() if k < vocab] + [FIRST_CANDIDATES if any(
-        p.top_p < 1.0 and not 0 < p.top_k < vocab for p in params) else 1])
+    want = vocab
+    if grow:
+        top_k_rows = f.top_k[has_top_k]
+        want = max(int(top_k_rows.max()) if top_k_rows.numel() else 1,
+                   FIRST_CANDIDATES if bool(((~has_top_k) & (f.top_p < 1.0)).any()) else 1)
     lse = logits.logsumexp(-1, keepdim=True)
-    has_top_k = ks < vocab
     while True:
         vals, idx = logits.topk(min(want, vocab), dim=-1)  # sorted, highest first
         rank = torch.arange(vals.shape[1], device=logits.device)[None, :]
-        vals = vals.masked_fill(rank >= ks, float("-inf"))
+        vals = vals.masked_fill(rank >= f.top_k, float("-inf"))
         probs = (vals - torch.where(has_top_k, vals.logsumexp(-1, keepdim=True), lse)).exp()
-        covered = has_top_k | (top_p >= 1.0) | (probs.sum(-1, keepdim=True) > top_p)
-        if bool(covered.all()) or vals.shape[1] == vocab:
+        if vals.shape[1] == vocab or bool((has_top_k | (f.top_p >= 1.0) | (probs.sum(-1, keepdim=True) > f.top_p))
+                                          .all()):
             break
         want = want * 16 if want < 1024 else vocab  # a flat distribution: soon the whole (sorted) vocabulary
     before = probs.cumsum(-1) - probs
-    vals = vals.masked_fill(before > top_p, float("-inf"))
-    if any(p.min_p > 0 for p in params):  # p >= min_p * p_max, in logits: normalisation cancels out
-        min_p = _column([p.min_p for p in params], logits.device)
-        floor = torch.where(min_p > 0, vals[:, :1] + min_p.clamp_min(1e-30).log(), float("-inf"))
+    vals = vals.masked_fill(before > f.top_p, float("-inf"))
+    if f.uses_min_p:  # p >= min_p * p_max, in logits: normalisation cancels out
+        floor = torch.where(f.min_p > 0, vals[:, :1] + f.min_p.clamp_min(1e-30).log(), float("-inf"))
         vals = vals.masked_fill(vals < floor, float("-inf"))
     return vals, idx
 
 
-def _exponential_noise(probs: torch.Tensor, seqs: list[Sequence], generators: dict[int, torch.Generator],
-                       widths: list[int] | None = None) -> torch.Tensor:
-    """Exp(1) noise per row. A seeded row draws from its own generator, and only for its first
-    ``widths[row]`` entries (its candidates, whose number depends on nothing else in the batch), so
-    its samples do not depend on what shares the batch."""
-    noise = torch.ones_like(probs)
-    seeded = [row for row, seq in enumerate(seqs) if seq.seq_id in generators]
-    if len(seeded) < len(seqs):
-        noise.exponential_()
-    for row in seeded:
-        width = probs.shape[1] if widths is None else widths[row]
-        noise[row, :width].exponential_(generator=generators[seqs[row].seq_id])
-    return noise
+def inverse_cdf(logits: torch.Tensor, uniform: torch.Tensor, temperature: torch.Tensor | None = None) -> torch.Tensor:
+    """Per row of ``logits [R, C]`` / ``temperature [R, 1]`` (-inf: excluded), the first column whose cumulative
+    probability exceeds ``uniform [R]`` (float64 in [0, 1)).
+
+    The cumulative sums are float32 (a CPU sums in float64 and rounds each; a GPU's scan stays within a few
+    float32 ulps). The target is scaled by 1 - 2^-23, which keeps it at least one ulp below the row's total,
+    so an excluded column (no mass: its sum equals the previous one) is never chosen; the cost is that the
+    draw resolves probabilities to ~2^-23."""
+    weights = logits - logits.max(-1, keepdim=True).values
+    if temperature is not None:
+        weights.div_(temperature)
+    cdf = weights.exp_().cumsum_(-1)
+    target = (uniform * ((1 - 2**-23) * cdf[:, -1].double())).float()[:, None]
+    return torch.searchsorted(cdf, target, right=True)[:, 0].clamp_(max=logits.shape[1] - 1)
 
 
-def _logprobs(raw: torch.Tensor, chosen: torch.Tensor, seqs: list[Sequence]):
-    want = [s.params.logprobs for s in seqs]
-    if all(w is None for w in want):
-        return [None] * len(seqs)
-    logp = raw.log_softmax(-1)
-    top_n = max(w or 0 for w in want)
-    top = logp.topk(top_n, dim=-1) if top_n else None
-    picked = logp.gather(1, chosen[:, None])[:, 0].tolist()
-    out = []
-    for row, w in enumerate(want):
-        if w is None:
-            out.append(None)
-            continue
-        alts = [] if not w else list(zip(top.indices[row, :w].tolist(), top.values[row, :w].tolist()))
-        out.append((picked[row], alts))
-    return out
+def grows_candidates(device: torch.device) -> bool:
+    """Whether top-p candidates grow from a short list (reads a flag back per growth step: free on a CPU)."""
+    return device.type == "cpu"
 
 
-def _take_rows(t: torch.Tensor, rows: list[int]) -> torch.Tensor:
-    """``t[rows]``, without the copy a list index makes when ``rows`` is every row in order (a [256, 49k]
-    float copy costs ~17 ms on the CPU)."""
-    return t if rows == list(range(t.shape[0])) else t[rows]
-
-
-def _draw(logits: torch.Tensor, seqs: list[Sequence], generators: dict[int, torch.Generator]) -> torch.Tensor:
-    """One token per row by the exponential race: over a short candidate list for rows with top-k or
-    top-p, over the whole vocabulary otherwise."""
-    params = [s.params for s in seqs]
-    vocab = logits.shape[1]
-    short = [i for i, p in enumerate(params) if 0 < p.top_k < vocab or p.top_p < 1.0]
-    full = sorted(set(range(len(seqs))) - set(short))
-    drawn = torch.empty(len(seqs), dtype=torch.long, device=logits.device)
-    if short:
-        vals, idx = _candidates(_take_rows(logits, short), [params[i] for i in short])
-        probs = vals.softmax(-1)
-        kept = (vals > float("-inf")).sum(-1).tolist()  # candidates kept: a prefix of each sorted row
-        pick = (probs / _exponential_noise(probs, [seqs[i] for i in short], generators, kept)).argmax(-1)
-        drawn[short] = idx.gather(1, pick[:, None])[:, 0]
-    if full:
-        probs = _filter(_take_rows(logits, full), [params[i] for i in full]).softmax(-1)
-        drawn[full] = (probs / _exponential_noise(probs, [seqs[i] for i in full], generators)).argmax(-1)
+def _draw(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """One token per sampled row: over a sorted candidate list for rows with top-k or top-p, over the
+    whole vocabulary in id order otherwise."""
+    drawn = torch.empty(len(batch.sampled), dtype=torch.long, device=logits.device)
+    if batch.short:
+        rows = batch.short_rows
+        vals, idx = _candidates(_take(logits, rows), batch.filters.take(rows), grows_candidates(logits.device))
+        picked = idx.gather(1, inverse_cdf(vals, _take(batch.uniform, rows))[:, None])[:, 0]
+        drawn = picked if rows is None else drawn.index_copy_(0, rows, picked)
+    if batch.full:
+        rows = batch.full_rows
+        filters, full = batch.filters.take(rows), _take(logits, rows)
+        if filters.uses_min_p:  # no top-k or top-p among these rows: no sort in _filter
+            full = _filter(full, replace(filters, uses_top_k=False, uses_top_p=False))
+            picked = inverse_cdf(full, _take(batch.uniform, rows))
+        else:  # temperature only (the OpenAI default): divided inside the draw
+            picked = inverse_cdf(full, _take(batch.uniform, rows), filters.temperature)
+        drawn = picked if rows is None else drawn.index_copy_(0, rows, picked)
     return drawn
 
 
-def sample(logits: torch.Tensor, seqs: list[Sequence], generators: dict[int, torch.Generator],
-           stop_ids=()) -> SampleResult:
+def _logprob_tensors(raw: torch.Tensor, chosen: torch.Tensor, seqs: list[Sequence]) -> list[torch.Tensor]:
+    """(logprob of each chosen token [R], top-n logprobs [R, n], their ids [R, n]) when any row asks."""
+    top_n = max((s.params.logprobs or 0 for s in seqs if s.params.logprobs is not None), default=None)
+    if top_n is None:
+        return []
+    logp = raw.log_softmax(-1)
+    top = logp.topk(top_n, dim=-1)
+    return [logp.gather(1, chosen[:, None])[:, 0], top.values, top.indices]
+
+
+def _read_back(tensors: list[torch.Tensor]) -> list[list]:
+    """The step's one device-to-host read: every tensor copied, then a single wait for all of them."""
+    if tensors and tensors[0].is_cuda:
+        host = [t.to("cpu", non_blocking=True) for t in tensors]
+        torch.cuda.current_stream(tensors[0].device).synchronize()
+        tensors = host
+    return [t.tolist() for t in tensors]
+
+
+def sample(logits: torch.Tensor, seqs: list[Sequence], rng: random.Random, stop_ids=(),
+           staging: Staging | None = None) -> SampleResult:
     """Choose one token per row of ``logits [N, V]`` (float32) for ``seqs``; ``stop_ids`` are the model's
-    end-of-sequence tokens (banned before a row's ``min_tokens``). Logprobs are of the raw logits, as vLLM's."""
-    params = [s.params for s in seqs]
-    raw = logits
-    logits = constrain(apply_penalties_and_bias(logits, seqs), seqs, stop_ids)
-    greedy = [p.greedy for p in params]
-    chosen = logits.argmax(-1)
-    if not all(greedy):
-        rows = [i for i, g in enumerate(greedy) if not g]
-        chosen[rows] = _draw(_take_rows(logits, rows), [seqs[i] for i in rows], generators)
-    return SampleResult(chosen.tolist(), _logprobs(raw, chosen, seqs))
+    end-of-sequence tokens (banned before a row's ``min_tokens``); ``rng`` gives unseeded rows their random
+    numbers; ``staging`` (optional) is reused for the one host-to-device copy. Logprobs are of the raw
+    logits, as vLLM's."""
+    batch = SamplingBatch.build(seqs, logits.shape[1], logits.device, rng, stop_ids, staging)
+    logits_in = logits
+    logits = constrain(apply_penalties_and_bias(logits, batch), batch)
+    if not batch.sampled:
+        chosen = logits.argmax(-1)
+    elif batch.sampled_rows is None:  # every row draws
+        chosen = _draw(logits, batch)
+    else:
+        chosen = logits.argmax(-1).index_copy_(0, batch.sampled_rows, _draw(logits.index_select(0, batch.sampled_rows),
+                                                                           batch))
+    token_ids, *lp = _read_back([chosen, *_logprob_tensors(logits_in, chosen, seqs)])
+    logprobs: list = [None] * len(seqs)
+    if lp:
+        picked, top_values, top_ids = lp
+        for row, seq in enumerate(seqs):
+            n = seq.params.logprobs
+            if n is not None:
+                logprobs[row] = (picked[row], list(zip(top_ids[row][:n], top_values[row][:n])))
+    return SampleResult(token_ids, logprobs)

@@ -64,18 +64,18 @@ def assert_no_leaks(engine: LLMEngine):
     bm = engine.block_manager
     assert bm.num_free_blocks == bm.num_blocks
     assert not engine.requests and not engine.scheduler.running and not engine.scheduler.waiting
-    assert not engine.generators and not engine.runner.cross_kv
+    assert not engine.runner.cross_kv
 
 
 def test_sampling_fault_fails_only_its_request(smollm, prompts, reference, monkeypatch):
     real_sample = engine_module.sample
     calls = {"n": 0}
 
-    def sample(logits, seqs, generators, stop_ids=()):
+    def sample(logits, seqs, rng, stop_ids=(), staging=None):
         calls["n"] += 1
         if calls["n"] > 3 and any(s.request_id == "poison" for s in seqs):
             raise OverflowError("Overflow when unpacking long long")  # the seed 2**64 failure, injected
-        return real_sample(logits, seqs, generators, stop_ids)
+        return real_sample(logits, seqs, rng, stop_ids, staging)
 
     monkeypatch.setattr(engine_module, "sample", sample)
     engine = LLMEngine(smollm)
