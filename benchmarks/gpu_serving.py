@@ -91,6 +91,7 @@ def transformers_run(hf, prompts, max_tokens, device) -> float:
 def bench_model(shape: str, args, bandwidth: float) -> list[str]:
     from models import load_model
     from service.engine import EngineConfig, LLMEngine
+    from service.engine.model_runner import graph_memory
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -109,6 +110,9 @@ def bench_model(shape: str, args, bandwidth: float) -> list[str]:
                                                     max_model_len=args.prompt_len + args.max_tokens + 16,
                                                     warmup="on"))
             startup = time.perf_counter() - start
+            graphs = engine.runner.graphs
+            pool = "" if graphs is None or not graphs.graphs else (
+                f"{graphs.pool_bytes / 2**20:,.0f} ({graph_memory(loaded, engine.config) / 2**20:,.0f})")
             for c in args.concurrency:
                 prompts = [torch.randint(3, vocab, (args.prompt_len,), generator=g).tolist() for _ in range(c)]
                 ours, step, _ = timed_engine_run(engine, prompts, args.max_tokens)
@@ -117,7 +121,7 @@ def bench_model(shape: str, args, bandwidth: float) -> list[str]:
                 rows.append(f"| {shape} | {c} | {'on' if mode != 'off' else 'off'} | {ours:,.0f} | "
                             f"{'' if theirs is None else f'{theirs:,.0f}'} | "
                             f"{'' if theirs is None else f'{ours / theirs:.2f}x'} | {step * 1000:.2f} | {share} | "
-                            f"{startup:.0f} |")
+                            f"{startup:.0f} | {pool} |")
                 print(rows[-1], flush=True)
             del engine
             gc.collect()
@@ -151,10 +155,12 @@ def main(argv=None) -> int:
         f"{args.max_tokens} generated tokens each (EOS ignored) · measured copy bandwidth "
         f"{bandwidth / 1e12:.2f} TB/s", "",
         "| model | concurrency | CUDA graphs | kernelserve tok/s | transformers tok/s | ratio | median step ms "
-        "| weight-read roofline | start-up s |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|", *rows, "",
+        "| weight-read roofline | start-up s | graph MiB (kept back) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|", *rows, "",
         "Roofline: weight bytes / copy bandwidth over the median step at concurrency 1 (100% = every step reads "
-        "the weights once at copy speed). Start-up: engine construction (KV cache, warm-up, tuning, graphs)."])
+        "the weights once at copy speed). Start-up: engine construction (KV cache, warm-up, tuning, graphs). Graph MiB: device "
+        "memory the capture took (free memory before minus after), and in brackets the estimate the engine keeps "
+        "back from the KV cache when it sizes the cache itself."])
     publish(text, args.output)
     return 0
 

@@ -2,10 +2,13 @@
 
 A decode step of a small model is ~10 kernel launches a layer issued from Python; replaying a captured
 graph issues them all at once (vLLM and nano-vllm do the same). A graph replays fixed addresses and
-shapes, so its inputs live in static buffers sized for the largest bucket:
+shapes, so its inputs live in one static int32 buffer sized for the largest bucket:
 
-    tokens, positions, slot_mapping, decode_seq_lens  [4, B_max] int32
+    tokens, positions, slot_mapping, decode_seq_lens  [4, B_max]
     block_tables                                      [B_max, W]  W = blocks of the longest allowed sequence
+
+laid out in that order, so a step of bucket b sends one contiguous prefix (the four rows, then b table
+rows) from a pinned twin in one copy.
 
 A step of n decoding sequences is padded to the smallest bucket b >= n: pad rows write their K/V
 nowhere (slot -1), attend over nothing (length 0) and their logits are dropped. The table width W is
@@ -47,16 +50,16 @@ class DecodeGraphs:
         self.sizes = graph_batch_sizes(max_num_seqs)
         b, w = self.sizes[-1], max_blocks_per_seq
         pinned = self.device.type == "cuda"
-        # host staging (pinned: the copies are asynchronous) and its device twin, two transfers a step:
-        # rows = tokens, positions, slots, seq_lens ([4, B]); tables [B, W] (only the bucket's rows copied)
-        self.host_rows = torch.zeros(4, b, dtype=torch.int32, pin_memory=pinned)
-        self.host_tables = torch.zeros(b, w, dtype=torch.int32, pin_memory=pinned)
-        self.rows = torch.zeros(4, b, dtype=torch.int32, device=device)
-        self.tables = torch.zeros(b, w, dtype=torch.int32, device=device)
+        # host staging (pinned: the copy is asynchronous) and its device twin, one layout (module docstring)
+        self.host = torch.zeros(4 * b + b * w, dtype=torch.int32, pin_memory=pinned)
+        self.flat = torch.zeros(4 * b + b * w, dtype=torch.int32, device=device)
+        self.host_rows, self.host_tables = self.host[:4 * b].view(4, b), self.host[4 * b:].view(b, w)
+        self.rows, self.tables = self.flat[:4 * b].view(4, b), self.flat[4 * b:].view(b, w)
         self.tokens, self.positions, self.slots, self.seq_lens = self.rows.unbind(0)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}  # bucket -> static logits [b, V]
         self.pool = None
+        self.pool_bytes = 0  # device memory the capture took (free memory before minus after), once captured
 
     @property
     def width(self) -> int:
@@ -78,6 +81,8 @@ class DecodeGraphs:
         if not self.capture:
             return 0.0
         start = time.perf_counter()
+        torch.cuda.synchronize(self.device)
+        free_before = torch.cuda.mem_get_info(self.device)[0]
         for b in reversed(self.sizes):
             self._forward(b)  # eager once: every kernel compiled and tuned before capture
             torch.cuda.synchronize(self.device)
@@ -88,7 +93,9 @@ class DecodeGraphs:
             self.graphs[b] = graph
         torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - start
-        log.info("captured decode CUDA graphs for batch sizes %s in %.1f s", self.sizes, elapsed)
+        self.pool_bytes = free_before - torch.cuda.mem_get_info(self.device)[0]
+        log.info("captured decode CUDA graphs for batch sizes %s in %.1f s (%.0f MiB of device memory)", self.sizes,
+                 elapsed, self.pool_bytes / 2**20)
         return elapsed
 
     def fits(self, n: int, longest_table: int) -> bool:
@@ -110,8 +117,8 @@ class DecodeGraphs:
         used = max(len(t) for t in tables)  # one tensor for the used columns; the rest stays zero
         tables_host[:b].zero_()
         tables_host[:n, :used] = torch.tensor([t + [0] * (used - len(t)) for t in tables], dtype=torch.int32)
-        self.rows[:, :b].copy_(rows[:, :b], non_blocking=True)
-        self.tables[:b].copy_(tables_host[:b], non_blocking=True)
+        sent = self.rows.numel() + b * self.width  # the four rows and the bucket's table rows: one prefix
+        self.flat[:sent].copy_(self.host[:sent], non_blocking=True)
         if b in self.graphs:
             self.graphs[b].replay()
             return self.outputs[b][:n]
