@@ -133,6 +133,8 @@ class LLMEngine:
         vocab = self.loaded.config.vocab_size
         if any(not 0 <= t < vocab for t in prompt_token_ids):
             raise RequestError(f"prompt token ids must be in [0, {vocab})", param="prompt")
+        if any(not 0 <= t < vocab for t, _ in params.logit_bias):  # the sampler adds them at row * vocab + t
+            raise RequestError(f"logit_bias token ids must be in [0, {vocab})", param="logit_bias")
         if params.priority and self.config.scheduling_policy != "priority":
             raise RequestError("priority is only honoured when the server runs with --scheduling-policy priority",
                                param="priority")

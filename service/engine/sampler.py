@@ -110,11 +110,13 @@ class SamplingBatch:
     full_rows: torch.Tensor | None
     filters: Filters | None  # of the sampled rows
     uniform: torch.Tensor | None  # float64 [S], of the sampled rows
-    bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # rows, tokens, values
-    seen: tuple[torch.Tensor, torch.Tensor] | None  # rows, tokens in prompt or output (repetition penalty)
-    generated: tuple[torch.Tensor, torch.Tensor] | None  # rows, output tokens, one entry per occurrence
+    # sparse cells as flat indices into the [R, V] logits (row * V + token): scatter and index_add need no
+    # read-back on a GPU, where index_put with accumulate may
+    bias: tuple[torch.Tensor, torch.Tensor] | None  # cells, values
+    seen: torch.Tensor | None  # cells of tokens in prompt or output (repetition penalty)
+    generated: torch.Tensor | None  # cells of output tokens, one entry per occurrence
     penalties: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # repetition, presence, frequency [R, 1]
-    banned: tuple[torch.Tensor, torch.Tensor] | None  # rows, tokens
+    banned: torch.Tensor | None  # cells
     grammar_rows: torch.Tensor | None  # bool [R, 1]: rows with a grammar (only when bans apply too)
 
     @classmethod
@@ -141,23 +143,22 @@ class SamplingBatch:
                 parts[name] = column
             parts["uniform"] = [row_uniform(seqs[i], rng) for i in sampled]
         if any(p.logit_bias for p in params):
-            cells = [(r, t, b) for r, p in enumerate(params) for t, b in p.logit_bias]
-            parts["bias_rows"], parts["bias_tokens"], parts["bias_values"] = (list(c) for c in zip(*cells))
+            parts["bias_cells"] = [r * vocab + t for r, p in enumerate(params) for t, _ in p.logit_bias]
+            parts["bias_values"] = [b for p in params for _, b in p.logit_bias]
         if any(p.repetition_penalty != 1.0 for p in params):
-            cells = [(r, t) for r, s in enumerate(seqs) if s.params.repetition_penalty != 1.0
-                     for t in set(s.token_ids)]
-            parts["seen_rows"], parts["seen_tokens"] = ([c[0] for c in cells], [c[1] for c in cells])
+            parts["seen_cells"] = [r * vocab + t for r, s in enumerate(seqs) if s.params.repetition_penalty != 1.0
+                                   for t in set(s.token_ids)]
         if any(p.presence_penalty or p.frequency_penalty for p in params):
-            cells = [(r, t) for r, s in enumerate(seqs) if s.params.presence_penalty or s.params.frequency_penalty
-                     for t in s.output_token_ids]
-            parts["generated_rows"], parts["generated_tokens"] = ([c[0] for c in cells], [c[1] for c in cells])
-        if "seen_rows" in parts or "generated_rows" in parts:
+            parts["generated_cells"] = [r * vocab + t for r, s in enumerate(seqs)
+                                        if s.params.presence_penalty or s.params.frequency_penalty
+                                        for t in s.output_token_ids]
+        if "seen_cells" in parts or "generated_cells" in parts:
             parts["repetition"] = [p.repetition_penalty for p in params]
             parts["presence"] = [p.presence_penalty for p in params]
             parts["frequency"] = [p.frequency_penalty for p in params]
-        bans = [(r, t) for r, s in enumerate(seqs) for t in _banned(s, stop_ids) if t < vocab]
+        bans = [r * vocab + t for r, s in enumerate(seqs) for t in _banned(s, stop_ids) if t < vocab]
         if bans:
-            parts["ban_rows"], parts["ban_tokens"] = ([c[0] for c in bans], [c[1] for c in bans])
+            parts["ban_cells"] = bans
             if any(s.grammar is not None for s in seqs):
                 parts["grammar_rows"] = [float(s.grammar is not None) for s in seqs]
         sent = dict(zip(parts, (staging or Staging(device, torch.float64)).send(*parts.values())))
@@ -169,12 +170,9 @@ class SamplingBatch:
         def rows(name):
             return sent[name].long() if name in sent else None
 
-        def cells(*names):
-            return tuple(rows(n) for n in names) if names[0] in sent else None
-
         bias = None
-        if "bias_rows" in sent:
-            bias = (rows("bias_rows"), rows("bias_tokens"), sent["bias_values"].float())
+        if "bias_cells" in sent:
+            bias = (rows("bias_cells"), sent["bias_values"].float())
         penalties = None
         if "repetition" in sent:
             penalties = tuple(sent[n].float()[:, None] for n in ("repetition", "presence", "frequency"))
@@ -183,8 +181,8 @@ class SamplingBatch:
             filters = Filters.of([seqs[i].params for i in sampled], vocab,
                                  [sent[n] for n in ("temperature", "top_k", "top_p", "min_p")])
         return cls(seqs, greedy, sampled, short, full, rows("sampled_rows"), rows("short_rows"), rows("full_rows"),
-                   filters, sent.get("uniform"), bias, cells("seen_rows", "seen_tokens"),
-                   cells("generated_rows", "generated_tokens"), penalties, cells("ban_rows", "ban_tokens"),
+                   filters, sent.get("uniform"), bias, rows("seen_cells"), rows("generated_cells"), penalties,
+                   rows("ban_cells"),
                    sent["grammar_rows"].bool()[:, None] if "grammar_rows" in sent else None)
 
 
@@ -193,26 +191,28 @@ def _take(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
     return t if rows is None else t.index_select(0, rows)
 
 
-def _counts(shape, cells: tuple[torch.Tensor, torch.Tensor], device) -> torch.Tensor:
-    rows, tokens = cells
-    return torch.zeros(shape, device=device).index_put_((rows, tokens), torch.ones((), device=device),
-                                                        accumulate=True)
+def _counts(logits: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """How many times each (row, token) cell occurs in ``cells``, as a float tensor shaped like ``logits``."""
+    counts = torch.zeros_like(logits)
+    counts.view(-1).index_add_(0, cells, torch.ones_like(cells, dtype=logits.dtype))
+    return counts
 
 
 def apply_penalties_and_bias(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     if batch.bias is not None:
-        rows, tokens, values = batch.bias
-        logits = logits.index_put((rows, tokens), values, accumulate=True)
+        cells, values = batch.bias
+        logits = logits.clone()
+        logits.view(-1).index_add_(0, cells, values)
     if batch.penalties is None:
         return logits
     repetition, presence, frequency = batch.penalties
     if batch.seen is not None:
         # HF / vLLM: tokens seen in prompt or output get logit / r if positive, logit * r if negative
-        seen = _counts(logits.shape, batch.seen, logits.device) > 0
+        seen = _counts(logits, batch.seen) > 0
         logits = torch.where(seen, torch.where(logits > 0, logits / repetition, logits * repetition), logits)
     if batch.generated is not None:
         # OpenAI: logit -= presence * [count > 0] + frequency * count, over generated tokens
-        counts = _counts(logits.shape, batch.generated, logits.device)
+        counts = _counts(logits, batch.generated)
         logits = logits - presence * (counts > 0) - frequency * counts
     return logits
 
@@ -239,7 +239,8 @@ def constrain(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     states = [s.grammar for s in batch.seqs]
     if batch.banned is None:
         return mask_logits(logits, states)
-    banned = logits.index_put(batch.banned, logits.new_full((), float("-inf")))
+    banned = logits.clone()
+    banned.view(-1).index_fill_(0, batch.banned, float("-inf"))
     constrained = mask_logits(banned, states)
     if batch.grammar_rows is None:
         return constrained
@@ -290,7 +291,8 @@ def _candidates(logits: torch.Tensor, f: Filters, grow: bool) -> tuple[torch.Ten
                    FIRST_CANDIDATES if bool(((~has_top_k) & (f.top_p < 1.0)).any()) else 1)
     lse = logits.logsumexp(-1, keepdim=True)
     while True:
-        vals, idx = logits.topk(min(want, vocab), dim=-1)  # sorted, highest first
+        # highest first: the whole row sorted, or its top ``want``
+        vals, idx = logits.sort(dim=-1, descending=True) if want >= vocab else logits.topk(want, dim=-1)
         rank = torch.arange(vals.shape[1], device=logits.device)[None, :]
         vals = vals.masked_fill(rank >= f.top_k, float("-inf"))
         probs = (vals - torch.where(has_top_k, vals.logsumexp(-1, keepdim=True), lse)).exp()

@@ -183,6 +183,10 @@ def test_admission_bounds(smollm, prompts):
     with pytest.raises(RequestError, match="KV-cache blocks") as err:
         engine.add_request("kv", prompts[0], SamplingParams(n=4, max_tokens=per_seq - len(prompts[0])))
     assert err.value.code == "context_length_exceeded"
+    vocab = smollm.config.vocab_size
+    with pytest.raises(RequestError, match="logit_bias") as err:  # it would land in the next row's logits
+        engine.add_request("bias", prompts[0], SamplingParams(max_tokens=4, logit_bias=((vocab, 5.0),)))
+    assert err.value.param == "logit_bias"
     assert_no_leaks(engine)
     engine.add_request("fits", prompts[0], SamplingParams(n=2, max_tokens=4, temperature=0))
     assert run_until_done(engine)["fits"]["error"] is None
