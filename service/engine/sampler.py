@@ -45,7 +45,7 @@ def _mix64(z: int) -> int:
 
 def seeded_uniform(seed: int, index: int, position: int) -> float:
     """The uniform number in [0, 1) that sequence ``index`` of a request seeded ``seed`` draws its output
-    token ``position`` with: 32 random bits (so ``u * total < total`` holds exactly in float64)."""
+    token ``position`` with (32 random bits; the draw resolves ~2^-23 anyway, see :func:`inverse_cdf`)."""
     stream = _mix64((seed + index) & _MASK64)
     return (_mix64((stream + (position + 1) * 0x9E3779B97F4A7C15) & _MASK64) >> 32) * 2.0**-32
 
