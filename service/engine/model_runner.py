@@ -140,7 +140,7 @@ class ModelRunner:
             slots += self._slots(seq, len(seq) - 1, len(seq))
             tables += seq.block_table + [0] * (width - len(seq.block_table))
             lens.append(len(seq))
-        self._check_step(tokens, slots + kv_slots, tables)
+        self._check_step(tokens, tables, slots, kv_slots)
         (tokens_t, positions_t, slots_t, kv_slots_t, cu_q, cu_k, tables_t, lens_t, rows_t) = self.staging.send(
             tokens, positions, slots, kv_slots, [0, *accumulate(q_lens)], [0, *accumulate(k_lens)], tables, lens,
             rows)
@@ -152,14 +152,15 @@ class ModelRunner:
             decode_seq_lens=lens_t if out.decodes else None, slot_mapping=slots_t)
         return tokens_t, positions_t, meta, rows_t, seqs
 
-    def _check_step(self, tokens: list[int], slots: list[int], tables: list[int]) -> None:
+    def _check_step(self, tokens: list[int], tables: list[int], *slot_lists: list[int]) -> None:
         """The step's indices, checked once on the host instead of in every kernel call of every layer (the
         kernels mask what is out of range, but an embedding lookup would not): a failure is an engine bug."""
         vocab, top = self.loaded.config.vocab_size, self.num_blocks * self.block_size
         if tokens and not 0 <= min(tokens) <= max(tokens) < vocab:
             raise RuntimeError(f"step inputs: a token id outside [0, {vocab})")
-        if slots and not 0 <= min(slots) <= max(slots) < top:
-            raise RuntimeError(f"step inputs: a KV slot outside [0, {top})")
+        for slots in slot_lists:
+            if slots and not 0 <= min(slots) <= max(slots) < top:
+                raise RuntimeError(f"step inputs: a KV slot outside [0, {top})")
         if tables and not 0 <= min(tables) <= max(tables) < self.num_blocks:
             raise RuntimeError(f"step inputs: a block outside [0, {self.num_blocks})")
 
@@ -194,7 +195,7 @@ class ModelRunner:
         last = [len(s) - 1 for s in seqs]
         slots = [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, last)]
         tokens = [s.token_ids[-1] for s in seqs]
-        self._check_step(tokens, slots, [])  # table entries are masked in the kernel, not read here
+        self._check_step(tokens, [], slots)  # table entries are masked in the kernel, not read here
         return self.graphs.run(tokens, last, slots, [s.block_table for s in seqs],
                                [len(s) for s in seqs])
 

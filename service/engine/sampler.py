@@ -79,8 +79,9 @@ class Filters:
     def of(cls, params: list[SamplingParams], vocab: int, values: list[torch.Tensor]) -> "Filters":
         """From :meth:`columns`' values on the device."""
         temperature, top_k, top_p, min_p = (v[:, None] for v in values)
-        return cls(temperature.float(), top_k.long(), top_p.float(), min_p.float(), any(0 < p.top_k < vocab for p in params),
-                   any(p.top_p < 1.0 for p in params), any(p.min_p > 0 for p in params))
+        return cls(temperature.float(), top_k.long(), top_p.float(), min_p.float(),
+                   any(0 < p.top_k < vocab for p in params), any(p.top_p < 1.0 for p in params),
+                   any(p.min_p > 0 for p in params))
 
     @classmethod
     def for_params(cls, params: list[SamplingParams], vocab: int, device="cpu") -> "Filters":
@@ -101,17 +102,15 @@ class SamplingBatch:
 
     Row subsets are device index tensors (``None`` when the subset is every row: no copy of the logits)."""
     seqs: list[Sequence]
-    greedy: list[bool]
     sampled: list[int]  # rows that draw (not greedy)
-    short: list[int]  # among ``sampled``, positions of rows with top-k or top-p (they race over candidates)
+    short: list[int]  # among ``sampled``, positions of rows with top-k or top-p (drawn from sorted candidates)
     full: list[int]  # among ``sampled``, the others (whole vocabulary)
     sampled_rows: torch.Tensor | None
     short_rows: torch.Tensor | None
     full_rows: torch.Tensor | None
     filters: Filters | None  # of the sampled rows
     uniform: torch.Tensor | None  # float64 [S], of the sampled rows
-    # sparse cells as flat indices into the [R, V] logits (row * V + token): scatter and index_add need no
-    # read-back on a GPU, where index_put with accumulate may
+    # sparse cells as flat indices into the [R, V] logits (row * V + token), applied on a flat view
     bias: tuple[torch.Tensor, torch.Tensor] | None  # cells, values
     seen: torch.Tensor | None  # cells of tokens in prompt or output (repetition penalty)
     generated: torch.Tensor | None  # cells of output tokens, one entry per occurrence
@@ -123,8 +122,7 @@ class SamplingBatch:
     def build(cls, seqs: list[Sequence], vocab: int, device, rng: random.Random, stop_ids=(),
               staging: Staging | None = None) -> "SamplingBatch":
         params = [s.params for s in seqs]
-        greedy = [p.greedy for p in params]
-        sampled = [i for i, g in enumerate(greedy) if not g]
+        sampled = [i for i, p in enumerate(params) if not p.greedy]
         short = [k for k, i in enumerate(sampled) if 0 < params[i].top_k < vocab or params[i].top_p < 1.0]
         full = sorted(set(range(len(sampled))) - set(short))
         parts: dict[str, list] = {}  # name -> list of numbers, all sent in one copy
@@ -162,10 +160,10 @@ class SamplingBatch:
             if any(s.grammar is not None for s in seqs):
                 parts["grammar_rows"] = [float(s.grammar is not None) for s in seqs]
         sent = dict(zip(parts, (staging or Staging(device, torch.float64)).send(*parts.values())))
-        return cls._from_sent(seqs, greedy, sampled, short, full, sent, vocab)
+        return cls._from_sent(seqs, sampled, short, full, sent, vocab)
 
     @classmethod
-    def _from_sent(cls, seqs, greedy, sampled, short, full, sent: dict[str, torch.Tensor],
+    def _from_sent(cls, seqs, sampled, short, full, sent: dict[str, torch.Tensor],
                    vocab: int) -> "SamplingBatch":
         def rows(name):
             return sent[name].long() if name in sent else None
@@ -180,7 +178,7 @@ class SamplingBatch:
         if sampled:
             filters = Filters.of([seqs[i].params for i in sampled], vocab,
                                  [sent[n] for n in ("temperature", "top_k", "top_p", "min_p")])
-        return cls(seqs, greedy, sampled, short, full, rows("sampled_rows"), rows("short_rows"), rows("full_rows"),
+        return cls(seqs, sampled, short, full, rows("sampled_rows"), rows("short_rows"), rows("full_rows"),
                    filters, sent.get("uniform"), bias, rows("seen_cells"), rows("generated_cells"), penalties,
                    rows("ban_cells"),
                    sent["grammar_rows"].bool()[:, None] if "grammar_rows" in sent else None)

@@ -5,7 +5,7 @@ per specialisation, so the plan visits:
 - a prefill of every token bucket 1, 2, 4, ... up to ``max_num_batched_tokens`` (split into sequences no
   longer than the model allows), which also covers the varlen attention kernel;
 - a decode step of every batch bucket of the CUDA graphs (1, 2, 4, 8, 16, 24, ... ``max_num_seqs``),
-  which covers the paged decode kernel and the sampler's shapes;
+  which covers the paged decode kernel;
 then the decode graphs are captured. The forwards write K/V into cache blocks nobody holds yet (every
 block is free at start-up; a block is always written before it is read), so no state survives it.
 """
