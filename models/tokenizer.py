@@ -1,13 +1,13 @@
 """Tokenizer wrapper over the ``tokenizers`` library, chat templates and incremental detokenisation."""
 from __future__ import annotations
 
-import datetime
 import json
 import os
 from dataclasses import dataclass, field
 
 from tokenizers import Tokenizer as HFTokenizer
 
+from .chat_template import ChatTemplateError, CompiledTemplate, compile_template, render
 from .config import ModelError
 
 
@@ -18,41 +18,14 @@ def _token_str(value) -> str | None:
     return value
 
 
-class ChatTemplateError(ValueError):
-    """The chat template rejected the messages (``raise_exception`` in the template)."""
+_OVERRIDES: dict[str, CompiledTemplate] = {}  # templates passed to apply_chat_template, compiled once each
 
 
-def _raise_exception(message: str):
-    raise ChatTemplateError(message)
-
-
-def _compile_template(source: str):
-    # rendered the way transformers' apply_chat_template does: a sandbox, trim/lstrip blocks
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-    env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False, sort_keys=False: json.dumps(
-        x, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
-    return env.from_string(source)
-
-
-_OVERRIDES: dict[str, object] = {}  # request-supplied templates, compiled once each (a bounded cache)
-
-
-def _compiled_override(source: str):
+def _compiled_override(source: str) -> CompiledTemplate:
     if source not in _OVERRIDES:
-        from jinja2 import TemplateError
-
-        try:
-            compiled = _compile_template(source)
-        except TemplateError as err:
-            raise ChatTemplateError(f"the chat template does not compile: {err}") from None
         if len(_OVERRIDES) >= 64:
             _OVERRIDES.pop(next(iter(_OVERRIDES)))
-        _OVERRIDES[source] = compiled
+        _OVERRIDES[source] = compile_template(source)
     return _OVERRIDES[source]
 
 
@@ -65,7 +38,7 @@ class Tokenizer:
     special_tokens: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
-        self._template = _compile_template(self.chat_template) if self.chat_template else None
+        self._template = compile_template(self.chat_template) if self.chat_template else None
         # tokenizer.json files may pad or truncate (MiniLM's pads to 128): lengths are the engine's job
         self.backend.no_padding()
         self.backend.no_truncation()
@@ -89,25 +62,20 @@ class Tokenizer:
     def id_to_token(self, token_id: int) -> str | None:
         return self.backend.id_to_token(token_id)
 
+    def template_context(self, messages: list[dict], add_generation_prompt: bool = True, **extra) -> dict:
+        """What a chat template renders from: the messages, the special tokens and ``extra`` (``tools``, ...)."""
+        return {**self.special_tokens, "bos_token": self.bos_token or "", "eos_token": self.eos_token or "",
+                **extra, "messages": messages, "add_generation_prompt": add_generation_prompt}
+
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
                             template: str | None = None, **extra) -> str:
-        """Render ``messages``; ``template`` replaces the tokenizer's own (a Jinja source, as vLLM's
-        ``chat_template``); ``extra`` becomes template variables (``tools``, ``documents``, ...)."""
+        """Render ``messages`` in this process, bounded by ``RenderLimits()`` (the server renders in a worker
+        process instead: service/api/templates.py); ``template`` replaces the tokenizer's own (a Jinja source,
+        as vLLM's ``chat_template``); ``extra`` becomes template variables (``tools``, ``documents``, ...)."""
         compiled = self._template if template is None else _compiled_override(template)
         if compiled is None:
             raise ChatTemplateError("this model's tokenizer has no chat template")
-        context = {**self.special_tokens, "bos_token": self.bos_token or "", "eos_token": self.eos_token or "",
-                   **extra}
-        from jinja2 import TemplateError
-        from jinja2.exceptions import SecurityError
-
-        try:
-            return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, **context)
-        except (TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError) as err:
-            if isinstance(err, (ChatTemplateError, SecurityError)):  # a sandbox escape is the template's fault
-                raise
-            # the template could not render these messages (a field it needs is missing or of another type)
-            raise ChatTemplateError(f"{type(err).__name__}: {err}") from None
+        return render(compiled, self.template_context(messages, add_generation_prompt, **extra))
 
     @staticmethod
     def from_folder(folder: str) -> "Tokenizer":

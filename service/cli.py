@@ -68,6 +68,13 @@ def serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="seconds between throughput lines while the engine is busy (default 10; 0 turns them off)")
     add("--max-request-bytes", type=parse_bytes, default=parse_bytes(_env("max_request_bytes", "1MiB")),
         help="largest request body before answering 413 (default 1MiB)")
+    add("--trust-request-chat-template", action="store_true",
+        default=_env("trust_request_chat_template", "") in ("1", "true"),
+        help="accept chat templates sent in requests (chat_template, chat_template_kwargs.chat_template on chat, "
+             "/v1/responses and /tokenize); without it they are a 400, as in vLLM. Trusted or not, every "
+             "template renders in a worker process under the limits below")
+    add("--chat-template-timeout", type=float, default=float(_env("chat_template_timeout", 2.0)),
+        help="seconds one chat-template render may take before it is stopped with a 400 (default 2)")
     add("--shutdown-timeout", type=float, default=float(_env("shutdown_timeout", 30)),
         help="seconds SIGTERM waits for in-flight requests before exiting (default 30)")
     add("--log-level", default=_env("log_level", "info"), choices=["debug", "info", "warning", "error"])
@@ -134,6 +141,19 @@ def _load_all(args, state, metrics) -> None:
     state.registry = registry
 
 
+def template_rendering(args):
+    """Chat-template limits from the flags: the rendered text may be 4x the largest request body (a prompt's
+    messages plus the template's own text), and never less than RenderLimits' default."""
+    from models.chat_template import RenderLimits
+    from service.api.templates import TemplateRendering
+
+    if not args.chat_template_timeout > 0:
+        raise SystemExit("--chat-template-timeout must be positive")
+    limits = RenderLimits(seconds=args.chat_template_timeout,
+                          max_chars=max(RenderLimits.max_chars, 4 * args.max_request_bytes))
+    return TemplateRendering(limits, trust_request_templates=args.trust_request_chat_template)
+
+
 def serve(args) -> int:
     import uvicorn
 
@@ -142,7 +162,7 @@ def serve(args) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state = ServerState(api_key=args.api_key, max_request_bytes=args.max_request_bytes,
-                        log_requests=args.log_requests)
+                        log_requests=args.log_requests, templates=template_rendering(args))
     metrics = Metrics()
     app = build_app(state, metrics)
 
@@ -174,6 +194,7 @@ def serve(args) -> int:
 
     threading.Thread(target=load, name="model-loader", daemon=True).start()
     server.run()
+    state.templates.close()
     if state.registry is not None:
         state.registry.shutdown()
     return 1 if failed else 0

@@ -8,12 +8,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from models import ChatTemplateError
 from service import __version__
 from service.engine import RequestFailed
 from service.metrics import Metrics
 
-from .convert import message_dicts, reject_invalid_unicode
+from .convert import chat_prompt, reject_invalid_unicode
 from .errors import ERROR_RESPONSES, APIError, document_errors, error_response, install_error_handlers
 from .gatekeeper import Gatekeeper, ServerState
 from .protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest, ModelCard,
@@ -21,6 +20,7 @@ from .protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeReque
 from .registry import ModelRegistry
 from .responses import ResponsesServing
 from .serving import OpenAIServing, guarded_stream
+from .tools import ToolPlan
 
 log = logging.getLogger("kernelserve.api")
 __all__ = ["ServerState", "build_app"]
@@ -34,7 +34,7 @@ def build_app(state: ServerState, metrics: Metrics) -> FastAPI:
     app.state.server = state
     install_error_handlers(app)
     document_errors(app)
-    serving: Callable[[], OpenAIServing] = lambda: OpenAIServing(_registry(state))
+    serving: Callable[[], OpenAIServing] = lambda: OpenAIServing(_registry(state), state.templates)
     app.add_middleware(Gatekeeper, state=state, metrics=metrics)
 
     @app.get("/health", responses=ERROR_RESPONSES)
@@ -88,12 +88,8 @@ def build_app(state: ServerState, metrics: Metrics) -> FastAPI:
         tok = served.loaded.tokenizer
         reject_invalid_unicode(req.model_dump(exclude_none=True))
         if req.messages is not None:
-            try:
-                text = tok.apply_chat_template(message_dicts(req.messages),
-                                               add_generation_prompt=req.add_generation_prompt)
-            except ChatTemplateError as err:
-                raise APIError(400, f"chat template of `{served.name}`: {err}", param="messages") from None
-            ids = tok.encode(text, add_special_tokens=False)
+            tools = ToolPlan.of(req.tools, None, None).offered
+            _, ids = await chat_prompt(tok, req, state.templates, served.loaded.is_encoder_decoder, tools)
         elif req.prompt is not None:
             ids = tok.encode(req.prompt, add_special_tokens=req.add_special_tokens)
         else:

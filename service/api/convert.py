@@ -1,12 +1,13 @@
 """Request -> engine inputs: prompts, chat messages and ``to_sampling_params``."""
 from __future__ import annotations
 
-from models import ChatTemplateError, Tokenizer
+from models import ChatTemplateError, TemplateLimitError, Tokenizer
 from service.engine import SamplingParams
 from service.engine.grammar import GrammarSpec
 
 from .errors import bad_request
 from .protocol import ChatCompletionRequest, ChatMessage, SamplingFields
+from .templates import LIMIT_HINTS, TemplateRendering
 from .tools import Tool, hermes_history, template_supports_tools, with_default_tool_block
 
 MAX_LOGPROBS = 20
@@ -99,20 +100,53 @@ def reject_bad_stream_options(req) -> None:
         raise bad_request("stream_options can only be set when stream is true", "stream_options")
 
 
-def chat_prompt(tokenizer: Tokenizer, req: ChatCompletionRequest, encoder_decoder: bool = False,
-                tools: list[Tool] = ()) -> tuple[str, list[int]]:
-    """The prompt text and ids of a chat request, offering ``tools`` to the model.
+# names a request's chat_template_kwargs may not set: the request sets them through its own fields
+RESERVED_TEMPLATE_KWARGS = ("messages", "tools", "add_generation_prompt", "continue_final_message", "template")
 
-    Encoder-decoders (T5, BART) whose tokenizer has no chat template take the
-    last user message as their encoder input, encoded with the tokenizer's own
-    special tokens (T5 appends ``</s>``).
+
+def request_template(req) -> tuple[str | None, str]:
+    """The chat template a request supplies, if any (``chat_template``, or vLLM's
+    ``chat_template_kwargs.chat_template``), and the field that carried it; refused unless trusted."""
+    kwargs = req.chat_template_kwargs or {}
+    where = "chat_template" if req.chat_template is not None else "chat_template_kwargs.chat_template"
+    template = req.chat_template if req.chat_template is not None else kwargs.get("chat_template")
+    if template is None:
+        return None, "messages"
+    if not isinstance(template, str):
+        raise bad_request(f"{where} must be a string (a Jinja template)", where)
+    return template, where
+
+
+def template_kwargs(req) -> dict:
+    kwargs = {k: v for k, v in (req.chat_template_kwargs or {}).items() if k != "chat_template"}
+    reserved = sorted(set(RESERVED_TEMPLATE_KWARGS) & set(kwargs))
+    if reserved:
+        raise bad_request(f"chat_template_kwargs may not set {reserved}: the request sets them itself",
+                          "chat_template_kwargs")
+    return kwargs
+
+
+async def chat_prompt(tokenizer: Tokenizer, req, rendering: TemplateRendering, encoder_decoder: bool = False,
+                      tools: list[Tool] = ()) -> tuple[str, list[int]]:
+    """The prompt text and ids of a chat request (or a /tokenize request with messages), offering ``tools``.
+
+    The template renders in a worker process under ``rendering.limits``; a template sent in the request
+    is a 400 unless the server trusts them (``--trust-request-chat-template``). Encoder-decoders (T5,
+    BART) whose tokenizer has no chat template take the last user message as their encoder input,
+    encoded with the tokenizer's own special tokens (T5 appends ``</s>``).
     """
     messages = message_dicts(req.messages)
-    template = req.chat_template or tokenizer.chat_template
-    kwargs = dict(req.chat_template_kwargs or {})
+    supplied, where = request_template(req)
+    if supplied is not None and not rendering.trust_request_templates:
+        raise bad_request(f"{where}: chat templates sent in requests are refused (a template is code the server "
+                          "would run); the operator can allow them with --trust-request-chat-template", where,
+                          "chat_template_not_allowed")
+    kwargs = template_kwargs(req)
+    template = supplied if supplied is not None else tokenizer.chat_template
+    extra = {}
     if template_supports_tools(template):
         if tools:
-            kwargs.setdefault("tools", [t.as_openai() for t in tools])
+            extra["tools"] = [t.as_openai() for t in tools]
     else:  # the template knows only text turns: earlier calls and results as text, tools in a system block
         messages = hermes_history(messages)
         if tools:
@@ -123,15 +157,17 @@ def chat_prompt(tokenizer: Tokenizer, req: ChatCompletionRequest, encoder_decode
             raise bad_request("an encoder-decoder model needs a user message as its input", "messages")
         text = users[-1].get("content") or ""
         return text, tokenizer.encode(text)
-    reserved = sorted({"messages", "add_generation_prompt", "template"} & set(kwargs))
-    if reserved:
-        raise bad_request(f"chat_template_kwargs may not set {reserved}: the request sets them itself",
-                          "chat_template_kwargs")
+    if template is None:
+        raise bad_request("chat template: this model's tokenizer has no chat template (send a prompt to "
+                          "/v1/completions instead)", "messages")
+    context = tokenizer.template_context(messages, req.add_generation_prompt, **extra)
     try:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=req.add_generation_prompt,
-                                             template=req.chat_template, **kwargs)
+        text = await rendering.render(template, context, kwargs, from_request=supplied is not None)
+    except TemplateLimitError as err:
+        raise bad_request(f"chat template: {err} (limit: {LIMIT_HINTS.get(err.limit, err.limit)})", where,
+                          "chat_template_limit") from None
     except ChatTemplateError as err:
-        raise bad_request(f"chat template: {err}", "chat_template" if req.chat_template else "messages") from None
+        raise bad_request(f"chat template: {err}", where) from None
     if req.continue_final_message:
         text = _cut_after_final_message(text, messages[-1]["content"])
     # the template writes the special tokens itself (transformers' apply_chat_template does the same)

@@ -11,7 +11,7 @@ import hmac
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import Response
@@ -20,6 +20,7 @@ from service.metrics import Metrics
 
 from .errors import error_response
 from .protocol import make_id
+from .templates import TemplateRendering
 
 log = logging.getLogger("kernelserve.api")
 
@@ -36,6 +37,7 @@ class ServerState:
     api_key: str | None = None
     max_request_bytes: int = 1 << 20
     log_requests: bool = False  # prompts and sampling parameters in the request log lines
+    templates: TemplateRendering = field(default_factory=TemplateRendering)  # chat templates: limits, trust, workers
 
 
 QUIET = ("/health", "/metrics")  # polled by orchestrators and Prometheus: their lines go to DEBUG

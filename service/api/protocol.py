@@ -148,6 +148,8 @@ class ResponsesRequest(OpenAIModel):
     seed: Optional[Int64] = None
     top_k: Optional[Int64] = None
     request_id: Optional[str] = Field(None, min_length=1, max_length=256)
+    chat_template: Optional[str] = None
+    chat_template_kwargs: Optional[dict[str, Any]] = None
 
 
 class EmbeddingRequest(OpenAIModel):
@@ -164,6 +166,10 @@ class TokenizeRequest(OpenAIModel):
     messages: Optional[list[ChatMessage]] = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    tools: Optional[list[dict[str, Any]]] = None  # shown in the prompt as a chat request would show them
+    chat_template: Optional[str] = None
+    chat_template_kwargs: Optional[dict[str, Any]] = None
 
 
 class DetokenizeRequest(OpenAIModel):

@@ -126,6 +126,7 @@ def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
         "max_completion_tokens": req.max_output_tokens, "temperature": req.temperature, "top_p": req.top_p,
         "seed": req.seed, "top_k": req.top_k, "request_id": req.request_id,
         "logprobs": req.top_logprobs is not None, "top_logprobs": req.top_logprobs,
+        "chat_template": req.chat_template, "chat_template_kwargs": req.chat_template_kwargs,
     }
     return ChatCompletionRequest.model_validate({k: v for k, v in fields.items() if v is not None}, strict=False)
 

@@ -23,6 +23,7 @@ from .errors import APIError, bad_request, error_body
 from .protocol import MAX_EMBEDDING_INPUTS, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, make_id
 from .registry import ModelRegistry, ServedModel
 from .structured import request_grammar
+from .templates import TemplateRendering
 from .tools import ToolPlan
 
 FINGERPRINT = f"kernelserve-{__version__}"
@@ -252,8 +253,8 @@ def _width(req) -> int:
 
 
 class OpenAIServing:
-    def __init__(self, registry: ModelRegistry):
-        self.registry = registry
+    def __init__(self, registry: ModelRegistry, rendering: TemplateRendering):
+        self.registry, self.rendering = registry, rendering
 
     # -- chat ------------------------------------------------------------------------------
     async def _chat_inputs(self, req: ChatCompletionRequest):
@@ -268,7 +269,7 @@ class OpenAIServing:
             raise bad_request("a forced tool_choice and a structured-output format cannot be combined",
                               "tool_choice")
         tok = served.loaded.tokenizer
-        text, prompt_ids = chat_prompt(tok, req, served.loaded.is_encoder_decoder, plan.offered)
+        text, prompt_ids = await chat_prompt(tok, req, self.rendering, served.loaded.is_encoder_decoder, plan.offered)
         requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         room = served.default_max_tokens(len(prompt_ids), _width(req))
         logprobs = (req.top_logprobs or 0) if req.logprobs else None

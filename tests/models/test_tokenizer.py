@@ -5,7 +5,7 @@ import pytest
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
-from models import ChatTemplateError, IncrementalDetokenizer, Tokenizer
+from models import ChatTemplateError, IncrementalDetokenizer, TemplateSecurityError, Tokenizer
 
 
 def stream(tokenizer, ids, prompt=()):
@@ -74,7 +74,5 @@ def test_chat_template_raise_exception_and_generation_prompt():
 
 def test_chat_template_is_sandboxed():
     tok = Tokenizer(byte_fallback_tokenizer().backend, chat_template="{{ messages.__class__.__mro__ }}")
-    from jinja2.exceptions import SecurityError
-
-    with pytest.raises(SecurityError):
+    with pytest.raises(TemplateSecurityError, match="sandbox"):
         tok.apply_chat_template([{"role": "user", "content": "x"}])

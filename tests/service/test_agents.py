@@ -219,9 +219,12 @@ def test_vllm_extras_are_honoured(client, http):
     assert all(any(v["rank"] >= 1 for v in entry.values()) for entry in plp[1:])
     chat = http.post("/v1/chat/completions", json={
         "model": SMOLLM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10, "min_tokens": 10,
-        "temperature": 0, "chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
-                                           "<|im_end|>\n{% endfor %}<|im_start|>assistant\n"}).json()
-    assert chat["usage"]["completion_tokens"] == 10
+        "temperature": 0})
+    assert chat.json()["usage"]["completion_tokens"] == 10
+    # a request's own chat_template needs --trust-request-chat-template (tests/service/test_chat_templates.py)
+    refused = http.post("/v1/chat/completions", json={"model": SMOLLM, "messages": [{"role": "user", "content": "hi"}],
+                                                      "chat_template": "{{ messages[0].content }}"})
+    assert refused.status_code == 400 and "--trust-request-chat-template" in refused.json()["error"]["message"]
     continued = http.post("/v1/chat/completions", json={
         "model": SMOLLM, "max_tokens": 4, "temperature": 0, "add_generation_prompt": False,
         "continue_final_message": True,
