@@ -6,7 +6,7 @@ import base64
 import json
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import AsyncIterator
 
 from fastapi import Request
@@ -171,16 +171,41 @@ def chat_logprobs(tok: Tokenizer, items: list[TokenLogprob]) -> dict:
                         for i in items], "refusal": None}
 
 
+def _top_dict(tok: Tokenizer, token_id: int, logprob: float, top: list) -> dict:
+    """OpenAI's legacy ``top_logprobs`` entry: the most likely tokens and the chosen one (up to k + 1 keys)."""
+    entries = {_token_str(tok, t): max(lp, -9999.0) for t, lp in top}
+    entries.setdefault(_token_str(tok, token_id), max(logprob, -9999.0))
+    return entries
+
+
 def completion_logprobs(tok: Tokenizer, items: list[TokenLogprob], offset: int) -> dict:
+    """Legacy completions ``logprobs`` of generated tokens, their ``text_offset`` counted from ``offset``."""
     tokens, lps, tops, offsets = [], [], [], []
     for i in items:
         s = _token_str(tok, i.token_id)
         tokens.append(s)
         lps.append(max(i.logprob, -9999.0))
-        tops.append({_token_str(tok, t): lp for t, lp in i.top} if i.top else None)
+        tops.append(_top_dict(tok, i.token_id, i.logprob, i.top))
         offsets.append(offset)
         offset += len(s)
     return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
+
+
+def echo_logprobs(tok: Tokenizer, prompt_ids: list[int], entries: list | None, k: int) -> dict:
+    """Legacy completions ``logprobs`` of an echoed prompt (OpenAI's and vLLM's ``echo``): every prompt token,
+    the first one's logprob and top entry ``None`` (nothing precedes it), offsets from 0."""
+    entries = entries or []
+    tokens = [_token_str(tok, t) for t in prompt_ids]
+    offsets = [0]
+    for s in tokens[:-1]:
+        offsets.append(offsets[-1] + len(s))
+    return {"tokens": tokens, "token_logprobs": [None] + [max(e[0], -9999.0) for e in entries],
+            "top_logprobs": [None] + [_top_dict(tok, t, e[0], e[2][:k]) for t, e in zip(prompt_ids[1:], entries)],
+            "text_offset": offsets}
+
+
+def joined_logprobs(first: dict | None, second: dict) -> dict:
+    return second if first is None else {key: first[key] + second[key] for key in second}
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached: int = 0) -> dict:
@@ -233,13 +258,15 @@ def chat_deltas(events: list) -> list[dict]:
     return deltas
 
 
-def prompt_logprobs_body(tok: Tokenizer, prompt_ids: list[int], entries: list | None) -> list | None:
-    """vLLM's shape: per prompt position None (the first token) or {token id: {logprob, rank, decoded_token}}."""
+def prompt_logprobs_body(tok: Tokenizer, prompt_ids: list[int], entries: list | None, k: int) -> list | None:
+    """vLLM's shape: per prompt position None (the first token) or {token id: {logprob, rank, decoded_token}}
+    with the ``k`` most likely alternatives."""
     if entries is None:
         return None
     out = [None]
     for token, entry in zip(prompt_ids[1:], entries):
         logprob, rank, top = entry
+        top = top[:k]
         items = {str(token): {"logprob": max(logprob, -9999.0), "rank": rank, "decoded_token": _token_str(tok, token)}}
         for r, (t, lp) in enumerate(top, 1):
             items.setdefault(str(t), {"logprob": max(lp, -9999.0), "rank": r, "decoded_token": _token_str(tok, t)})
@@ -305,7 +332,7 @@ class OpenAIServing:
                   "system_fingerprint": FINGERPRINT, "choices": body,
                   "usage": usage(len(prompt_ids), sum(len(c.token_ids) for c in choices), cached)}
         if req.prompt_logprobs is not None:
-            result["prompt_logprobs"] = prompt_logprobs_body(tok, prompt_ids, prompt_lps)
+            result["prompt_logprobs"] = prompt_logprobs_body(tok, prompt_ids, prompt_lps, req.prompt_logprobs)
         return result
 
     async def _collect(self, stream, n: int) -> tuple[list[Choice], int, list | None]:
@@ -368,13 +395,18 @@ class OpenAIServing:
         prompts = completion_prompts(tok, req.prompt)
         base_id = make_id("cmpl", req.request_id)
         grammar = request_grammar(req)
+        # echo with max_tokens 0 scores the prompt without generating (lm-eval's loglikelihood requests): the
+        # engine computes one token, which is not returned
+        score_only = req.echo and req.max_tokens == 0
+        requested = 1 if score_only else req.max_tokens if req.max_tokens is not None else 16
         streams, metas = [], []
         try:
             for i, (text, ids) in enumerate(prompts):
                 room = served.default_max_tokens(len(ids), _width(req))
-                params = to_sampling_params(req, max_tokens=req.max_tokens if req.max_tokens is not None else 16,
-                                            default_max=room, logprobs=req.logprobs,
+                params = to_sampling_params(req, max_tokens=requested, default_max=room, logprobs=req.logprobs,
                                             vocab=served.loaded.config.vocab_size, grammar=grammar, tokenizer=tok)
+                if req.echo and req.logprobs is not None:  # the echoed prompt's logprobs, as many alternatives
+                    params = replace(params, prompt_logprobs=max(req.logprobs, req.prompt_logprobs or 0))
                 if i == 0:
                     await check_grammar(served, params)
                     note_request(request, served, text, params)
@@ -386,37 +418,44 @@ class OpenAIServing:
             raise
         merged = _merge(streams)
         if req.stream:
-            return self._completion_stream(req, served, base_id, metas, merged)
-        return await until_disconnect(request, self._completion_body(req, served, base_id, metas, merged))
+            return self._completion_stream(req, served, base_id, metas, merged, score_only)
+        return await until_disconnect(request, self._completion_body(req, served, base_id, metas, merged,
+                                                                     score_only))
 
-    async def _completion_body(self, req, served, base_id, metas, merged):
+    async def _completion_body(self, req, served, base_id, metas, merged, score_only: bool):
         n, tok = req.n, served.loaded.tokenizer
         choices = [Choice() for _ in range(n * len(metas))]
         cached, prompt_lps = 0, [None] * len(metas)
         async for i, out in merged:
             cached += out.num_cached_tokens if out.finished else 0
-            prompt_lps[i] = out.prompt_logprobs or prompt_lps[i]
+            if out.prompt_logprobs is not None:
+                prompt_lps[i] = out.prompt_logprobs
             for o in out.outputs:
                 c = choices[i * n + o.index]
-                c.text += o.text
-                c.token_ids += o.token_ids
-                c.logprobs += o.logprobs or []
+                if not score_only:
+                    c.text += o.text
+                    c.token_ids += o.token_ids
+                    c.logprobs += o.logprobs or []
                 if o.finish_reason:
                     c.finish_reason, c.stop_reason = o.finish_reason, o.stop_reason
         body = []
         for k, c in enumerate(choices):
-            prompt_text = metas[k // n][0] if req.echo else ""
+            prompt_text, prompt_ids = metas[k // n] if req.echo else ("", [])
+            logprobs = None
+            if req.logprobs is not None:
+                echoed = echo_logprobs(tok, prompt_ids, prompt_lps[k // n], req.logprobs) if req.echo else None
+                logprobs = joined_logprobs(echoed, completion_logprobs(tok, c.logprobs, len(prompt_text)))
             body.append({"index": k, "text": prompt_text + c.text, "finish_reason": _finish_reason(c.finish_reason),
-                         "stop_reason": c.stop_reason,
-                         "logprobs": completion_logprobs(tok, c.logprobs, len(prompt_text)) if req.logprobs is not None else None})
+                         "stop_reason": c.stop_reason, "logprobs": logprobs})
             if req.prompt_logprobs is not None:
-                body[-1]["prompt_logprobs"] = prompt_logprobs_body(tok, metas[k // n][1], prompt_lps[k // n])
+                body[-1]["prompt_logprobs"] = prompt_logprobs_body(tok, metas[k // n][1], prompt_lps[k // n],
+                                                                   req.prompt_logprobs)
         prompt_tokens = sum(len(ids) for _, ids in metas)
         return {"id": base_id, "object": "text_completion", "created": int(time.time()), "model": served.name,
                 "system_fingerprint": FINGERPRINT, "choices": body,
                 "usage": usage(prompt_tokens, sum(len(c.token_ids) for c in choices), cached)}
 
-    async def _completion_stream(self, req, served, base_id, metas, merged):
+    async def _completion_stream(self, req, served, base_id, metas, merged, score_only: bool):
         n, tok, created = req.n, served.loaded.tokenizer, int(time.time())
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         offsets = [0] * (n * len(metas))
@@ -429,19 +468,34 @@ class OpenAIServing:
                         "system_fingerprint": FINGERPRINT, "choices": [choice],
                         **({"usage": None} if include_usage else {})})
 
-        if req.echo:
-            for k in range(n * len(metas)):
-                offsets[k] = len(metas[k // n][0])
-                yield chunk(k, metas[k // n][0])
+        def echo(i: int, entries: list | None):  # prompt i's text, once for each of its n choices
+            text, ids = metas[i]
+            lp = echo_logprobs(tok, ids, entries, req.logprobs) if req.logprobs is not None else None
+            for k in range(i * n, (i + 1) * n):
+                offsets[k] = len(text)
+                yield chunk(k, text, logprobs=lp)
+
+        # with logprobs, a prompt is echoed once the engine has its logprobs (the first output, before any token)
+        echo_waits = set(range(len(metas))) if req.echo and req.logprobs is not None else set()
+        if req.echo and not echo_waits:
+            for i in range(len(metas)):
+                for event in echo(i, None):
+                    yield event
         completion_tokens = 0
         async for i, out in merged:
+            if i in echo_waits and out.prompt_logprobs is not None:
+                echo_waits.discard(i)
+                for event in echo(i, out.prompt_logprobs):
+                    yield event
             for o in out.outputs:
                 k = i * n + o.index
-                completion_tokens += len(o.token_ids)
-                lp = completion_logprobs(tok, o.logprobs, offsets[k]) if req.logprobs is not None and o.logprobs else None
-                offsets[k] += len(o.text)
-                if o.text or lp:
-                    yield chunk(k, o.text, logprobs=lp)
+                if not score_only:
+                    completion_tokens += len(o.token_ids)
+                    lp = completion_logprobs(tok, o.logprobs, offsets[k]) if req.logprobs is not None and o.logprobs \
+                        else None
+                    offsets[k] += len(o.text)
+                    if o.text or lp:
+                        yield chunk(k, o.text, logprobs=lp)
                 if o.finish_reason:
                     yield chunk(k, "", _finish_reason(o.finish_reason), stop_reason=o.stop_reason)
         if include_usage:

@@ -124,14 +124,34 @@ def forced_grammar(mode: str, name: str | None, tools: list[Tool], parallel: boo
 
 
 def forced_calls(mode: str, name: str | None, text: str) -> list[ToolCall]:
-    """The calls in a grammar-forced output (the grammar guarantees the shape unless cut by max_tokens)."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return []  # cut short: no complete call
+    """The calls in a grammar-forced output. The grammar guarantees the shape unless max_tokens cut it: then a
+    named call has none, and a ``required`` array has the calls it completed before the cut."""
     if mode == "named":  # the arguments as generated (and as streamed)
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return []
         return [ToolCall(name, text.strip())] if isinstance(value, dict) else []
-    return [ToolCall(c["name"], json.dumps(c["arguments"], ensure_ascii=False)) for c in value]
+    return [ToolCall(c["name"], json.dumps(c["arguments"], ensure_ascii=False)) for c in _complete_items(text)
+            if isinstance(c, dict) and isinstance(c.get("name"), str) and "arguments" in c]
+
+
+def _complete_items(text: str) -> list:
+    """The whole elements at the start of a JSON array, however the text ends."""
+    decoder, at = json.JSONDecoder(), text.find("[") + 1
+    items = []
+    while 0 < at < len(text):
+        at = len(text) - len(text[at:].lstrip())
+        try:
+            item, at = decoder.raw_decode(text, at)
+        except ValueError:  # cut inside this element (or the array is closed)
+            break
+        items.append(item)
+        rest = text[at:].lstrip()
+        if not rest.startswith(","):
+            break
+        at = len(text) - len(rest) + 1
+    return items
 
 
 # -- the prompt ----------------------------------------------------------------------------------

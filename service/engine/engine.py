@@ -51,6 +51,7 @@ class Request:
     times: RequestTimes
     pending: dict[int, CompletionOutput] = field(default_factory=dict)  # news since the last report
     beam: BeamState | None = None
+    prompt_logprobs_sent: bool = False
 
     @property
     def finished(self) -> bool:
@@ -433,9 +434,21 @@ class LLMEngine:
             del self.requests[req.request_id]
         cached = max((s.num_cached_tokens for s in req.seqs), default=0)
         generated = sum(len(s.output_token_ids) for s in req.seqs)
-        prompt_lps = req.seqs[0].prompt_logprobs if finished and req.params.prompt_logprobs is not None else None
+        prompt_lps = self._prompt_logprobs_ready(req, finished)
         return RequestOutput(req.request_id, req.prompt_token_ids, outputs, finished, cached, req.times, generated,
                              prompt_logprobs=prompt_lps)
+
+    @staticmethod
+    def _prompt_logprobs_ready(req: Request, finished: bool) -> list | None:
+        """A request's prompt logprobs, once: in the first report after its prompt is computed (a stream can
+        send them, with the echoed prompt, before the first generated token)."""
+        if req.params.prompt_logprobs is None or req.prompt_logprobs_sent:
+            return None
+        computed = req.seqs[0].prompt_logprobs
+        if not finished and len(computed) < len(req.prompt_token_ids) - 1:
+            return None
+        req.prompt_logprobs_sent = True
+        return computed
 
     # -- introspection ------------------------------------------------------------------------
     def stats(self) -> dict:

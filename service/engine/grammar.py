@@ -40,6 +40,30 @@ number ::= "-"? ( "0" | [1-9] [0-9]{0,15} ) ( "." [0-9]{1,16} )? ( [eE] [-+]? [0
 """
 
 
+# xgrammar's rules for integers and numbers a schema leaves unbounded, and the same digit limits as
+# JSON_OBJECT_EBNF: (rule, unbounded text, bounded text)
+_DIGIT_LIMITS = (("basic_integer", "[1-9] [0-9]*", "[1-9] [0-9]{0,15}"),
+                 ("basic_number_2", "[1-9] [0-9]*", "[1-9] [0-9]{0,15}"),
+                 ("basic_number_3", "basic_number_digits{1, -1}", "basic_number_digits{1, 16}"),
+                 ("basic_number_5", "basic_number_digits{1, -1}", "basic_number_digits{1, 3}"))
+
+
+def json_schema_ebnf(schema: str) -> str:
+    """The EBNF of a JSON schema, written compactly, with unbounded integers and numbers held to 16 digits
+    before and after the point and 3 in the exponent (a schema's own ``minimum``/``maximum`` bound them too):
+    without a limit a sampled ``{"n": 1234...`` can write digits until ``max_tokens``."""
+    import xgrammar as xgr
+
+    ebnf = str(xgr.Grammar.from_json_schema(schema, any_whitespace=False, strict_mode=True))
+    rules = {line.split(" ::= ", 1)[0]: line for line in ebnf.splitlines()}
+    for name, unbounded, bounded in _DIGIT_LIMITS:
+        if name in rules:
+            if unbounded not in rules[name]:  # xgrammar wrote the rule another way: fail loudly, not silently
+                raise RuntimeError(f"xgrammar's {name} rule changed: {rules[name]}")
+            ebnf = ebnf.replace(rules[name], rules[name].replace(unbounded, bounded))
+    return ebnf
+
+
 class GrammarError(ValueError):
     """A schema, regex, choice list or EBNF grammar that cannot be compiled (HTTP 400 naming ``param``)."""
 
@@ -138,7 +162,7 @@ class Grammars:
                 return compiler.compile_grammar(JSON_OBJECT_EBNF)
             if spec.kind == "json_schema":
                 json.loads(spec.source)
-                return compiler.compile_json_schema(spec.source, any_whitespace=False, strict_mode=True)
+                return compiler.compile_grammar(json_schema_ebnf(spec.source))
             if spec.kind == "regex":
                 return compiler.compile_regex(spec.source)
             if spec.kind == "choice":

@@ -47,7 +47,8 @@ class RequestOutput:
     error: str | None = None  # set when the engine failed this request (it is then finished)
     client_error: bool = False  # the failure follows from what the request asked (HTTP 400), not a fault
     error_param: str | None = None  # with client_error: the request field responsible
-    # prompt_logprobs, in the final output: per prompt token after the first, (logprob, rank, top alternatives)
+    # prompt_logprobs, in the first output after the prompt is computed (once): per prompt token after the first,
+    # (logprob, rank, top alternatives)
     prompt_logprobs: list | None = None
 
 

@@ -140,3 +140,24 @@ def test_bitmask_unpacking_equals_xgrammar(smollm):
     expected = logits.clone()
     xgr.apply_token_bitmask_inplace(expected, bitmask)
     assert torch.equal(_apply_bitmask(logits, bitmask), expected)
+
+
+@pytest.mark.parametrize("schema, value, limit_hit", [
+    ({"type": "integer"}, "1234567890123456", "7"),  # 16 digits, then no 17th
+    ({"type": "number"}, "-1234567890123456.1234567890123456", "7"),
+    ({"type": "number"}, "1.5e123", "4"),
+    ({"type": "array", "items": {"type": "integer"}}, "[1, 1234567890123456", "0"),
+])
+def test_json_schema_numbers_without_bounds_have_a_digit_limit(engine, schema, value, limit_hit):
+    """A sampled integer with no bounds must end: as json_object's numbers do, at most 16 digits (before and
+    after the point) and 3 in the exponent; without it a `parse()` with a plain int field may never end."""
+    import xgrammar as xgr
+
+    wrapped = {"type": "object", "properties": {"n": schema}, "required": ["n"]}
+    matcher = xgr.GrammarMatcher(engine.grammars.compile(GrammarSpec.json_schema(wrapped)))
+    assert matcher.accept_string('{"n": ' + value)
+    assert not matcher.accept_string(limit_hit)
+    bounded = {"type": "integer", "minimum": 0, "maximum": 10 ** 18}  # the schema's own bounds still rule
+    matcher = xgr.GrammarMatcher(engine.grammars.compile(GrammarSpec.json_schema(
+        {"type": "object", "properties": {"n": bounded}, "required": ["n"]})))
+    assert matcher.accept_string('{"n": ' + "9" * 18 + "}")

@@ -130,3 +130,16 @@ def test_sampler_ban_falls_back_to_the_grammar(smollm):
         max_tokens=10, min_tokens=8, temperature=0, grammar=GrammarSpec.choice(["yes", "no"])))[0][0]
     assert out.text in ("yes", "no") and out.finish_reason == "stop"
     assert len(out.token_ids) < 8
+
+
+def test_prompt_logprobs_come_once_in_the_first_output_after_the_prompt(engine, smollm):
+    """A stream can send an echoed prompt's logprobs before the first generated token (completions' echo)."""
+    prompt = smollm.tokenizer.encode("Roses are red, violets are")
+    engine.add_request("early", prompt, SamplingParams(max_tokens=4, temperature=0, ignore_eos=True,
+                                                       prompt_logprobs=1))
+    outputs = []
+    while engine.has_unfinished():
+        outputs += [o for o in engine.step() if o.request_id == "early"]
+    assert len(outputs) >= 2 and outputs[0].outputs[0].token_ids  # streamed token by token
+    assert len(outputs[0].prompt_logprobs) == len(prompt) - 1
+    assert all(o.prompt_logprobs is None for o in outputs[1:])

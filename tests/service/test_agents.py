@@ -258,3 +258,18 @@ def test_docs_render_without_a_cdn(http):
     for asset in assets:
         assert http.get(asset).status_code == 200, asset
     assert "/v1/responses" in http.get("/openapi.json").json()["paths"]
+
+
+def test_tokenize_shows_the_prompt_a_chat_with_tools_gets(http):
+    """vLLM's chat /tokenize takes tools: the tokens are the prompt the chat request renders, tool block included."""
+    messages = [{"role": "user", "content": "Weather in Rome?"}]
+    with_tools = http.post("/tokenize", json={"model": SMOLLM, "messages": messages, "tools": TOOLS}).json()
+    without = http.post("/tokenize", json={"model": SMOLLM, "messages": messages}).json()
+    assert with_tools["count"] > without["count"]
+    chat = http.post("/v1/chat/completions", json={"model": SMOLLM, "messages": messages, "tools": TOOLS,
+                                                   "max_tokens": 1}).json()
+    assert chat["usage"]["prompt_tokens"] == with_tools["count"]
+    text = http.post("/detokenize", json={"model": SMOLLM, "tokens": with_tools["tokens"]}).json()["prompt"]
+    assert "get_weather" in text
+    bad = http.post("/tokenize", json={"model": SMOLLM, "messages": messages, "tools": [{"type": "web"}]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tools.0.type"

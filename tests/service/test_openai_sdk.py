@@ -84,8 +84,10 @@ def test_completions_echo_and_logprobs(client):
                                   logprobs=2)
     choice = r.choices[0]
     assert choice.text.startswith("Once upon a time")
-    assert len(choice.logprobs.tokens) == r.usage.completion_tokens
-    assert all(len(t) == 2 for t in choice.logprobs.top_logprobs)
+    # echo covers the prompt's tokens too, the first without a logprob (tests/service/test_scoring.py: the values)
+    assert len(choice.logprobs.tokens) == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert choice.logprobs.token_logprobs[0] is None and choice.logprobs.top_logprobs[0] is None
+    assert all(len(t) in (2, 3) for t in choice.logprobs.top_logprobs[1:])  # the top 2, and the chosen token
 
 
 def test_embeddings_float_base64_dimensions(client):

@@ -86,6 +86,32 @@ def test_forced_calls_and_their_grammars():
     _, calls = required.split('[{"name": "get_time", "arguments": {}}]')
     assert [(c.name, c.arguments) for c in calls] == [("get_time", "{}")]
     assert required.split('[{"name": "get_ti')[1] == []  # cut by max_tokens: no call
+    # cut after whole calls: those calls, never the array as content
+    cut = '[{"name": "get_time", "arguments": {}}, {"name": "get_weather", "arguments": {"city": "Ro'
+    content, calls = required.split(cut)
+    assert content is None and [(c.name, c.arguments) for c in calls] == [("get_time", "{}")]
+    two = '[{"name": "get_time", "arguments": {}}, {"name": "get_weather", "arguments": {"city": "Rome"}}]'
+    assert [c.name for c in required.split(two)[1]] == ["get_time", "get_weather"]
+    assert [c.name for c in required.split(two[:-1] + ", ")[1]] == ["get_time", "get_weather"]
+
+
+@pytest.mark.parametrize("parallel", [False, True, None])
+def test_required_grammar_allows_one_call_without_parallel_calls_and_more_with(smollm, parallel):
+    """What the grammar lets the model write after one whole call: only the end of the array with
+    parallel_tool_calls false; another call or the end with it true or absent (OpenAI's default)."""
+    import xgrammar as xgr
+
+    from service.engine.grammar import Grammars
+
+    grammars = Grammars(smollm.tokenizer, smollm.config.vocab_size, list(smollm.eos_token_ids))
+    plan = ToolPlan.of([WEATHER, TIME], "required", parallel)
+    one = '[{"name": "get_time", "arguments": {}}'
+    matcher = xgr.GrammarMatcher(grammars.compile(plan.grammar))
+    assert matcher.accept_string(one)
+    assert matcher.accept_string(", ") == (parallel is not False)
+    closed = xgr.GrammarMatcher(grammars.compile(plan.grammar))
+    assert closed.accept_string(one + "]")
+    assert not xgr.GrammarMatcher(grammars.compile(plan.grammar)).accept_string("[]")  # at least one call
     assert ToolPlan.of([WEATHER], "none", None).offered == []
     assert ToolPlan.of([WEATHER], None, None).mode == "auto"
 
