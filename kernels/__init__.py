@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ._backend import BACKENDS, backend_for, interpreting, selected_backend, use_triton
+from . import compile_keys
 from ._validate import trusted_calls
 from .decode_gemm import DECODE_MAX_M, linear_decode_triton
 from .flash_attention import attention_ref, attention_triton
@@ -32,7 +33,7 @@ if interpreting():
 __all__ = [
     "ACTIVATIONS", "BACKENDS", "QuantizedWeight", "attention", "backend_for", "ffn", "gated_ffn", "interpreting",
     "layer_norm", "linear", "pack_codes", "paged_attention", "prepare_cpu", "quant_linear_ref", "quantize_rtn",
-    "rms_norm", "rotary", "rotary_cos_sin_cache", "selected_backend", "store_kv", "trusted_calls",
+    "rms_norm", "rotary", "rotary_cos_sin_cache", "runs_triton", "selected_backend", "store_kv", "trusted_calls",
 ]
 
 
@@ -47,7 +48,7 @@ def attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen
     ``position_bias[h, clamp(key_pos - query_pos, -R, R) + R]`` to each score
     (T5's relative attention bias).
     """
-    fn = attention_triton if use_triton(q) else attention_ref
+    fn = _pick(attention_triton, attention_ref, q)
     return fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal, scale=scale,
               position_bias=position_bias)
 
@@ -60,25 +61,25 @@ def paged_attention(q, k_cache, v_cache, block_tables, seq_lens, *, scale: float
     int32 ``[B, max_blocks]``; seq_lens int32 ``[B]``. Returns ``[B, Hq, D]``.
     ``position_bias`` as in :func:`attention` (the query sits at ``seq_len - 1``).
     """
-    fn = paged_attention_triton if use_triton(q) else paged_attention_ref
+    fn = _pick(paged_attention_triton, paged_attention_ref, q)
     return fn(q, k_cache, v_cache, block_tables, seq_lens, scale=scale, position_bias=position_bias)
 
 
 def store_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
     """Write k, v ``[T, Hkv, D]`` into the cache at flat slots (``block * block_size + offset``; -1 skips)."""
-    fn = store_kv_triton if use_triton(k) else store_kv_ref
+    fn = _pick(store_kv_triton, store_kv_ref, k)
     fn(k, v, k_cache, v_cache, slot_mapping)
 
 
 def layer_norm(x, weight, bias, eps: float, residual=None):
     """LayerNorm over the last dim; with ``residual`` returns ``(layer_norm(x + residual), x + residual)``."""
-    fn = layer_norm_triton if use_triton(x) else layer_norm_ref
+    fn = _pick(layer_norm_triton, layer_norm_ref, x)
     return fn(x, weight, bias, eps, residual)
 
 
 def rms_norm(x, weight, eps: float, residual=None):
     """RMSNorm over the last dim; with ``residual`` returns ``(rms_norm(x + residual), x + residual)``."""
-    fn = rms_norm_triton if use_triton(x) else rms_norm_ref
+    fn = _pick(rms_norm_triton, rms_norm_ref, x)
     return fn(x, weight, eps, residual)
 
 
@@ -86,12 +87,29 @@ def linear(x, weight, bias=None, activation: str | None = None) -> torch.Tensor:
     """``act(x @ weight.T + bias)`` as one GEMM with a fused epilogue; weight ``[out, in]``, a tensor or a
     :class:`QuantizedWeight` (dequantised inside the GEMM)."""
     if isinstance(weight, QuantizedWeight):
-        fn = quant_linear_triton if use_triton(x) else quant_linear_cpu
-    elif not use_triton(x):
-        fn = linear_ref
+        fn = _pick(quant_linear_triton, quant_linear_cpu, x)
     else:  # a few rows (decode) are a read of the weight: split over K (kernels/decode_gemm.py)
-        fn = linear_decode_triton if _rows(x) <= DECODE_MAX_M else linear_triton
+        fn = _pick(linear_decode_triton if _rows(x) <= DECODE_MAX_M else linear_triton, linear_ref, x)
     return fn(x, weight, bias, activation)
+
+
+def runs_triton(device: torch.device | str) -> bool:
+    """Whether kernel calls on ``device`` launch Triton kernels (or, while compile keys are recorded, would)."""
+    return backend_for(device) == "triton" or compile_keys.active() is not None
+
+
+def _pick(triton_fn, torch_fn, main: torch.Tensor):
+    """``triton_fn`` where ``main`` runs Triton; else ``torch_fn``, shadowed by ``triton_fn`` while compile keys
+    are recorded (kernels/compile_keys.py: the launcher runs for its keys, the torch path for the result)."""
+    if use_triton(main):
+        return triton_fn
+    if compile_keys.active() is None:
+        return torch_fn
+
+    def shadowed(*args, **kwargs):
+        compile_keys.shadow(triton_fn, *args, **kwargs)
+        return torch_fn(*args, **kwargs)
+    return shadowed
 
 
 def _rows(x: torch.Tensor) -> int:
@@ -101,23 +119,30 @@ def _rows(x: torch.Tensor) -> int:
 def gated_ffn(x, w_gate_up, w_down, activation: str = "silu") -> torch.Tensor:
     """``(act(x @ Wg.T) * (x @ Wu.T)) @ w_down.T`` with ``w_gate_up = cat([Wg, Wu])`` (either may be quantized)."""
     quantized = isinstance(w_gate_up, QuantizedWeight) or isinstance(w_down, QuantizedWeight)
-    decode = use_triton(x) and _rows(x) <= DECODE_MAX_M  # two split-K GEMMs around the product
-    if quantized or decode:
-        gate, up = linear(x, w_gate_up).chunk(2, dim=-1)
-        return linear(activation_ref(gate, activation) * up, w_down)
-    fn = gated_ffn_triton if use_triton(x) else gated_ffn_ref
+    decode = _rows(x) <= DECODE_MAX_M
+    if quantized or (decode and use_triton(x)):  # decode: two split-K GEMMs around the product
+        return _two_gemm_ffn(linear, x, w_gate_up, w_down, activation)
+    if decode:  # the torch path here; what a GPU would launch is shadowed while compile keys are recorded
+        compile_keys.shadow(_two_gemm_ffn, linear_decode_triton, x, w_gate_up, w_down, activation)
+        return gated_ffn_ref(x, w_gate_up, w_down, activation)
+    fn = _pick(gated_ffn_triton, gated_ffn_ref, x)
     return fn(x, w_gate_up, w_down, activation)
+
+
+def _two_gemm_ffn(gemm, x, w_gate_up, w_down, activation: str) -> torch.Tensor:
+    gate, up = gemm(x, w_gate_up).chunk(2, dim=-1)
+    return gemm(activation_ref(gate, activation) * up, w_down)
 
 
 def ffn(x, w_in, b_in, w_out, b_out, activation: str | None) -> torch.Tensor:
     """``act(x @ w_in.T + b_in) @ w_out.T + b_out``; biases may be None; weights may be quantized."""
     if isinstance(w_in, QuantizedWeight) or isinstance(w_out, QuantizedWeight):
         return linear(linear(x, w_in, b_in, activation), w_out, b_out)
-    fn = ffn_triton if use_triton(x) else ffn_ref
+    fn = _pick(ffn_triton, ffn_ref, x)
     return fn(x, w_in, b_in, w_out, b_out, activation)
 
 
 def rotary(q, k, positions, cos_sin_cache, neox_style: bool = True):
     """Rotary embeddings applied in place to q ``[T, Hq, D]`` and k ``[T, Hkv, D]``; returns (q, k)."""
-    fn = rotary_triton if use_triton(q) else rotary_ref
+    fn = _pick(rotary_triton, rotary_ref, q)
     return fn(q, k, positions, cos_sin_cache, neox_style)

@@ -54,7 +54,7 @@ def _block_m(m: int) -> int:
     return max(16, triton.next_power_of_2(m))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])  # varies per step: one compilation for all values
 def _splitk_kernel(
     X, W, P, M, N, K, K_PER_SPLIT,
     stride_xm, stride_wn,
@@ -81,7 +81,7 @@ def _splitk_kernel(
     tl.store(p_ptrs, acc, mask=m_ok[:, None] & n_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])  # varies per step: one compilation for all values
 def _splitk_reduce_kernel(
     P, Bias, Y, M, N, SPLITS, stride_ym,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS_PAD: tl.constexpr,

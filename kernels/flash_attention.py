@@ -66,7 +66,7 @@ def _attention_tile(
     return acc, m_i, l_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["total_q", "total_k"])  # varies per step: one compilation for all values
 def _attention_kernel(
     Q, K, V, O, cu_seqlens_q, cu_seqlens_k, total_q, total_k, Bias,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_bias,

@@ -89,7 +89,7 @@ def configs_for(table: dict, dtype: torch.dtype) -> list:
     return table[torch.finfo(dtype).bits if torch.finfo(dtype).bits == 32 else 16]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])  # varies per step: one compilation for all values
 def _linear_kernel(
     X, W, Bias, Y, M, N, K, M_BUCKET,
     stride_xm, stride_wn, stride_ym,
@@ -117,7 +117,7 @@ def _linear_kernel(
     tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])  # varies per step: one compilation for all values
 def _gated_kernel(
     X, W, Y, M, N, K, M_BUCKET,
     stride_xm, stride_wn, stride_ym,

@@ -48,7 +48,7 @@ def paged_block_n(head_dim: int, dtype: torch.dtype) -> int:
 BLOCK_SIZES = (16, 32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bt", "table_width"])  # varies per step: one compilation for all values
 def _paged_attention_kernel(
     Q, K_cache, V_cache, block_tables, seq_lens, O, O_part, M_part, L_part, Bias,
     stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
@@ -131,7 +131,7 @@ def _paged_attention_reduce_kernel(
     tl.store(O + seq * stride_ob + head * stride_oh + offs_d, out.to(O.dtype.element_ty), mask=d_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_slots"])  # varies per step: one compilation for all values
 def _store_kv_kernel(
     K, V, K_cache, V_cache, slot_mapping, num_slots,
     stride_kt, stride_kh, stride_vt, stride_vh,

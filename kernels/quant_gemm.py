@@ -151,7 +151,7 @@ def quant_configs(dtype: torch.dtype, bits: int, group_size: int) -> list:
             if least <= c.kwargs["BLOCK_K"] <= group_size]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])  # varies per step: one compilation for all values
 def _quant_linear_kernel(
     X, Q, S, O, Bias, Y, M, N, K, M_BUCKET,
     stride_xm, stride_qn, stride_sn, stride_ym,

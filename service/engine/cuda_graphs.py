@@ -27,6 +27,8 @@ import torch
 
 from models import AttentionMetadata
 
+from .staging import CopyFence
+
 log = logging.getLogger("kernelserve.engine")
 
 
@@ -55,6 +57,7 @@ class DecodeGraphs:
         self.flat = torch.zeros(4 * b + b * w, dtype=torch.int32, device=device)
         self.host_rows, self.host_tables = self.host[:4 * b].view(4, b), self.host[4 * b:].view(b, w)
         self.rows, self.tables = self.flat[:4 * b].view(4, b), self.flat[4 * b:].view(b, w)
+        self.fence = CopyFence(self.device)  # the last copy out of ``host``
         self.tokens, self.positions, self.slots, self.seq_lens = self.rows.unbind(0)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}  # bucket -> static logits [b, V]
@@ -106,10 +109,21 @@ class DecodeGraphs:
             seq_lens: list[int]) -> torch.Tensor:
         """Logits [n, V] of a decode step of n sequences (``fits`` must hold), through the padded buffers.
 
-        The host staging is reused next step; a pinned buffer's copy may still be in flight then, but
-        the step's sampling synchronises on this step's logits first, which the copy precedes."""
+        The host staging is refilled every step: the previous step's copy out of it is waited for first
+        (not every step reads its results back before the next: warm-up, a step of paused beams)."""
         n = len(tokens)
         b = bucket_for(n, self.sizes)
+        self.fence.wait()
+        self._fill_host(n, b, tokens, positions, slots, tables, seq_lens)
+        sent = self.rows.numel() + b * self.width  # the four rows and the bucket's table rows: one prefix
+        self.flat[:sent].copy_(self.host[:sent], non_blocking=True)
+        self.fence.record()
+        if b in self.graphs:
+            self.graphs[b].replay()
+            return self.outputs[b][:n]
+        return self._forward(b)[:n]
+
+    def _fill_host(self, n: int, b: int, tokens, positions, slots, tables, seq_lens) -> None:
         rows, tables_host = self.host_rows, self.host_tables
         # pad rows: no write (slot -1), nothing to attend (length 0), token and position 0
         rows[:, n:b] = torch.tensor([[0], [0], [-1], [0]], dtype=torch.int32)
@@ -117,9 +131,3 @@ class DecodeGraphs:
         used = max(len(t) for t in tables)  # one tensor for the used columns; the rest stays zero
         tables_host[:b].zero_()
         tables_host[:n, :used] = torch.tensor([t + [0] * (used - len(t)) for t in tables], dtype=torch.int32)
-        sent = self.rows.numel() + b * self.width  # the four rows and the bucket's table rows: one prefix
-        self.flat[:sent].copy_(self.host[:sent], non_blocking=True)
-        if b in self.graphs:
-            self.graphs[b].replay()
-            return self.outputs[b][:n]
-        return self._forward(b)[:n]

@@ -6,7 +6,7 @@ from itertools import accumulate
 
 import torch
 
-from kernels import trusted_calls
+from kernels import runs_triton, trusted_calls
 from models import AttentionMetadata, LoadedModel
 from models.encoder_decoder import CrossAttention
 
@@ -71,6 +71,11 @@ class ModelRunner:
                  2 * sum(k.numel() * k.element_size() for k, _ in self.kv_caches) / 2**20)
         # encoder-decoders: each sequence's cross-attention K/V, computed once at admission
         self.cross_kv: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        # where the Triton paged kernel runs, eager decode tables are as wide as the graphs' (the longest sequence
+        # admitted): its split-KV count and table stride never change, so it compiles once (see
+        # kernels/compile_keys.py); the torch path gathers every column it is given, so there tables stay as
+        # wide as the step's longest
+        self.table_width = -(-max_model_len // config.block_size) if runs_triton(self.device) else None
         self.graphs: DecodeGraphs | None = None
         if uses_graphs(loaded, config):  # tables as wide as the longest sequence the engine admits
             self.graphs = DecodeGraphs(self.model, self.kv_caches, config.max_num_seqs,
@@ -131,6 +136,8 @@ class ModelRunner:
                 rows.append(len(tokens) - 1)
                 seqs.append(c.seq)
         width = max((len(s.block_table) for s in out.decodes), default=0)
+        if self.table_width is not None and out.decodes:
+            width = max(width, self.table_width)
         tables, lens = [], []
         for seq in out.decodes:
             rows.append(len(tokens))

@@ -9,10 +9,13 @@ asynchronous copy; the tensors handed out are views of the device copy. On the C
 """
 from __future__ import annotations
 
-from itertools import chain
+from itertools import accumulate, chain
 from typing import Sequence
 
 import torch
+
+
+ALIGN_BYTES = 16  # what Triton specialises pointers on
 
 
 class Staging:
@@ -22,27 +25,51 @@ class Staging:
         self.device, self.dtype = torch.device(device), dtype
         self.pinned = self.device.type == "cuda"
         self.host: torch.Tensor | None = None  # pinned, grown on demand
-        self.sent = None  # CUDA event: the last copy out of ``host`` has finished once it completes
+        self.fence = CopyFence(self.device)  # the last copy out of ``host``
 
     def send(self, *parts: Sequence[float]) -> list[torch.Tensor]:
-        """One 1-D device tensor per part (views of one buffer, so do not write into them)."""
+        """One 1-D device tensor per part (views of one buffer, so do not write into them). Each part starts
+        16 bytes into the buffer after a multiple of 16: a kernel's pointer arguments are then aligned every
+        step (Triton compiles a kernel per alignment of its pointers: an unaligned step would compile anew)."""
         if not parts:
             return []
-        lengths = [len(p) for p in parts]
-        flat = torch.tensor(list(chain.from_iterable(parts)), dtype=self.dtype)
+        align = max(1, ALIGN_BYTES // torch.empty(0, dtype=self.dtype).element_size())
+        padded = [-(-len(p) // align) * align for p in parts]
+        flat = torch.tensor(list(chain.from_iterable(list(p) + [0] * (n - len(p)) for p, n in zip(parts, padded))),
+                            dtype=self.dtype)
         if self.pinned:
             flat = self._copy_to_device(flat)
-        return list(flat.split(lengths))
+        starts = [0, *accumulate(padded)]
+        return [flat[start:start + len(p)] for start, p in zip(starts, parts)]
 
     def _copy_to_device(self, flat: torch.Tensor) -> torch.Tensor:
         n = flat.numel()
-        if self.sent is not None:  # the previous copy may still be reading the buffer we are about to fill
-            self.sent.synchronize()
+        self.fence.wait()  # the previous copy may still be reading the buffer we are about to fill
         if self.host is None or self.host.numel() < n:
             self.host = torch.empty(max(n, 2 * (0 if self.host is None else self.host.numel()), 256),
                                     dtype=self.dtype, pin_memory=True)
         self.host[:n].copy_(flat)
         out = self.host[:n].to(self.device, non_blocking=True)
-        self.sent = torch.cuda.Event()
-        self.sent.record()
+        self.fence.record()
         return out
+
+
+class CopyFence:
+    """Whether the last asynchronous copy out of a pinned host buffer has finished: :meth:`wait` before
+    refilling the buffer, :meth:`record` right after queueing a copy out of it. A ``non_blocking`` copy from
+    pinned memory runs when the stream reaches it, so refilling the buffer before then changes what the
+    device receives. On the CPU copies are synchronous and there is nothing to wait for."""
+
+    def __init__(self, device: torch.device | str):
+        self.cuda = torch.device(device).type == "cuda"
+        self._event = None
+
+    def record(self) -> None:
+        if self.cuda:
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def wait(self) -> None:
+        if self._event is not None:
+            self._event.synchronize()
+            self._event = None

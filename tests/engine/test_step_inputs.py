@@ -121,3 +121,13 @@ def test_a_step_with_an_index_outside_the_cache_is_refused_on_the_host(smollm):
     seq.block_table = [engine.block_manager.num_blocks]  # one past the last block
     with pytest.raises(RuntimeError, match="KV slot"):
         engine.runner.run(SchedulerOutput(prefills=[ScheduledChunk(seq, 0, 3)]))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.float32])
+def test_staged_parts_start_16_bytes_aligned_whatever_their_lengths(dtype):
+    """Triton compiles a kernel per alignment of its pointer arguments: a view at an odd 4-byte offset in one
+    step and an aligned one in the next would compile twice (tests/engine/test_compile_coverage.py)."""
+    lists = [[1, 2, 3], [], [4], list(range(17)), [5, 6]]
+    parts = Staging("cpu", dtype).send(*lists)
+    assert [p.tolist() for p in parts] == [[float(v) for v in l] if dtype == torch.float32 else l for l in lists]
+    assert all(p.data_ptr() % 16 == 0 for p in parts)
