@@ -227,45 +227,51 @@ def attention_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     return out
 
 
-def _pad_index(cu: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat token index [B, max_len] into the packed tensor, and its validity mask."""
-    lengths = (cu[1:] - cu[:-1]).long()
-    offsets = torch.arange(max_len, device=cu.device)
-    valid = offsets[None, :] < lengths[:, None]
-    index = torch.where(valid, cu[:-1, None].long() + offsets[None, :], 0)
-    return index, valid
-
-
 def attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal, scale=None,
                   position_bias=None):
-    """Torch path (the CPU serving path): pad the batch, one masked SDPA call.
+    """Torch path (the CPU serving path): one SDPA call per group of sequences with the same query and key
+    lengths, on exactly their tokens; GQA through SDPA's ``enable_gqa``.
 
-    Vectorised over sequences and heads; GQA through SDPA's ``enable_gqa``.
+    Batch invariant: a sequence's output never depends on the others in the batch. SDPA computes each
+    (sequence, head) with the same reductions whatever the batch dimension, but padding every sequence to the
+    longest (one masked call) would change the length of its reductions, and so their rounding.
     """
     _check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     check_position_bias(position_bias, q)
     out = torch.zeros_like(q)
     if q.shape[0] == 0 or cu_seqlens_q.numel() < 2:
         return out
-    idx_q, valid_q = _pad_index(cu_seqlens_q, max_seqlen_q)
-    idx_k, valid_k = _pad_index(cu_seqlens_k, max_seqlen_k)
-    qp = q[idx_q].transpose(1, 2)  # [B, Hq, Lq, D]
-    kp = k[idx_k].transpose(1, 2)  # [B, Hkv, Lk, D]
-    vp = v[idx_k].transpose(1, 2)
-    visible = valid_k[:, None, None, :]  # [B, 1, 1, Lk]
-    # query i sits at position i + (Lk - Lq) of its sequence (bottom-right alignment)
-    rows = torch.arange(max_seqlen_q, device=q.device)[None, :] + (valid_k.sum(1) - valid_q.sum(1))[:, None]
-    cols = torch.arange(max_seqlen_k, device=q.device)
-    if causal:
-        visible = visible & (cols[None, None, :] <= rows[:, :, None])[:, None]
-    any_visible = visible.any(-1, keepdim=True)  # [B, 1, Lq, 1]
-    # Rows that see no key would be NaN in SDPA: let them see everything, then zero them.
-    mask = visible | ~any_visible
-    if position_bias is not None:
-        bias = relative_bias_ref(position_bias, rows, cols[None].expand(rows.shape[0], -1))  # [B, H, Lq, Lk]
-        mask = torch.where(mask, bias.to(q.dtype), float("-inf"))
-    o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=scale,
-                                       enable_gqa=q.shape[1] != k.shape[1])
-    o = torch.where(any_visible, o, 0.0).transpose(1, 2)  # [B, Lq, Hq, D]
-    out[idx_q[valid_q]] = o[valid_q]
+    starts_q, starts_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i in range(len(starts_q) - 1):
+        shape = (starts_q[i + 1] - starts_q[i], starts_k[i + 1] - starts_k[i])
+        if shape[0] > 0 and shape[1] > 0:  # no keys: the output stays 0
+            groups.setdefault(shape, []).append(i)
+    for (len_q, len_k), seqs in groups.items():
+        idx_q = _token_index([starts_q[i] for i in seqs], len_q, q.device)  # [G, Lq]
+        idx_k = _token_index([starts_k[i] for i in seqs], len_k, q.device)
+        out[idx_q] = _sdpa_group(q[idx_q], k[idx_k], v[idx_k], causal, scale, position_bias)
     return out
+
+
+def _token_index(starts: list[int], length: int, device) -> torch.Tensor:
+    return torch.tensor(starts, device=device)[:, None] + torch.arange(length, device=device)
+
+
+def _sdpa_group(q, k, v, causal: bool, scale, position_bias) -> torch.Tensor:
+    """q ``[G, Lq, Hq, D]``, k/v ``[G, Lk, Hkv, D]`` -> ``[G, Lq, Hq, D]``; causal bottom-right aligned."""
+    len_q, len_k = q.shape[1], k.shape[1]
+    rows = torch.arange(len_q, device=q.device) + (len_k - len_q)  # query i sits at position i + Lk - Lq
+    cols = torch.arange(len_k, device=q.device)
+    visible = cols[None, :] <= rows[:, None] if causal else None  # [Lq, Lk]
+    seen = None if visible is None else visible.any(-1, keepdim=True)  # [Lq, 1]
+    mask = None
+    if position_bias is not None:
+        bias = relative_bias_ref(position_bias, rows, cols).to(q.dtype)  # [H, Lq, Lk]
+        mask = bias if visible is None else torch.where(visible | ~seen, bias, float("-inf"))
+    elif visible is not None and len_q != len_k:
+        mask = visible | ~seen  # a row that sees no key would be NaN in SDPA: let it see all, then zero it
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+                                       is_causal=causal and mask is None, scale=scale,
+                                       enable_gqa=q.shape[2] != k.shape[2]).transpose(1, 2)
+    return o if seen is None or bool(seen.all()) else torch.where(seen[None, :, :, None], o, 0.0)

@@ -8,7 +8,7 @@ import kernels
 
 from .config import EncoderDecoderConfig
 from .encoder_decoder import CrossAttention
-from .layers import Embedding, KVCache, Linear, Norm, self_attention
+from .layers import Embedding, KVCache, Linear, Norm, lm_logits, self_attention
 from .metadata import AttentionMetadata
 from .weights import CheckpointRules
 
@@ -112,4 +112,4 @@ class BartForConditionalGeneration(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.model.shared.weight if self.lm_head is None else self.lm_head.weight
-        return kernels.linear(hidden, weight, self.final_logits_bias[0]).float()
+        return lm_logits(hidden, weight, self.final_logits_bias[0])

@@ -7,7 +7,7 @@ from torch import nn
 import kernels
 
 from .config import DecoderConfig
-from .layers import Embedding, KVCache, Linear, Norm, self_attention
+from .layers import Embedding, KVCache, Linear, Norm, lm_logits, self_attention
 from .metadata import AttentionMetadata
 from .weights import CheckpointRules
 
@@ -65,4 +65,4 @@ class GPT2LMHeadModel(nn.Module):
         return t.ln_f(h, residual)[0]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return kernels.linear(hidden, self.transformer.wte.weight).float()
+        return lm_logits(hidden, self.transformer.wte.weight)

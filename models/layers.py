@@ -11,6 +11,20 @@ from .metadata import AttentionMetadata
 KVCache = tuple[torch.Tensor, torch.Tensor]  # (k_cache, v_cache), [num_blocks, block_size, Hkv, D] each
 
 
+# On the CPU, torch's bf16 GEMM rounds a row the same way for any row count up to 32 and takes another kernel
+# past that (measured on this machine's oneDNN for the 49k-wide LM head), so logits are computed in blocks of
+# at most 32 rows: a row's logits do not depend on how many others the step has (batch invariance, tested in
+# tests/engine/test_batch_invariance.py). A decode step of up to 32 sequences is one call, as before.
+LOGIT_ROW_BLOCK = 32
+
+
+def lm_logits(hidden: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """[N, H] hidden states -> float32 logits [N, V] through the (possibly tied) output projection."""
+    if hidden.device.type != "cpu" or hidden.shape[0] <= LOGIT_ROW_BLOCK:
+        return kernels.linear(hidden, weight, bias).float()
+    return torch.cat([kernels.linear(rows, weight, bias).float() for rows in hidden.split(LOGIT_ROW_BLOCK)])
+
+
 def gather_kv(cache: KVCache, slots: torch.Tensor) -> KVCache:
     """Read K/V rows of the given flat slots out of the paged cache: [N, Hkv, D] each."""
     k_cache, v_cache = cache

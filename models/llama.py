@@ -11,7 +11,7 @@ from torch import nn
 import kernels
 
 from .config import DecoderConfig
-from .layers import Embedding, KVCache, Linear, Norm, self_attention
+from .layers import Embedding, KVCache, Linear, Norm, lm_logits, self_attention
 from .metadata import AttentionMetadata
 from .weights import CheckpointRules
 
@@ -114,4 +114,4 @@ class LlamaForCausalLM(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, H] -> float32 logits [N, V]."""
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return kernels.linear(hidden, weight).float()
+        return lm_logits(hidden, weight)

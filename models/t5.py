@@ -15,7 +15,7 @@ import kernels
 
 from .config import EncoderDecoderConfig
 from .encoder_decoder import CrossAttention
-from .layers import Embedding, KVCache, Linear, Norm, self_attention
+from .layers import Embedding, KVCache, Linear, Norm, lm_logits, self_attention
 from .metadata import AttentionMetadata
 from .weights import CheckpointRules
 
@@ -162,4 +162,4 @@ class T5ForConditionalGeneration(nn.Module):
         if self.cfg.scale_decoder_outputs:  # original T5 rescales by d_model^-1/2 (v1.1 does not)
             hidden = hidden * self.cfg.hidden_size ** -0.5
         weight = self.shared.weight if self.lm_head is None else self.lm_head.weight
-        return kernels.linear(hidden, weight).float()
+        return lm_logits(hidden, weight)

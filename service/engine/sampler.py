@@ -271,11 +271,13 @@ FIRST_CANDIDATES = 64  # top-p rarely needs more tokens than this to cover its m
 def _candidates(logits: torch.Tensor, f: Filters, grow: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The distribution of :func:`_filter` for rows with top-k or top-p, as their highest logits in order.
 
-    Returns (logits [R, C] sorted highest first, dropped candidates at -inf; their token ids [R, C]).
-    With ``grow`` the list starts short and grows until it holds more than ``top_p`` of each row's mass
-    (then every token after it has more than ``top_p`` above it and is dropped, exactly as in a full sort):
-    on a CPU a full sort of a 49k vocabulary costs ~3.6 ms a row and ``topk`` of 64 ~0.1 ms. Without it the
-    whole vocabulary is sorted once, which asks nothing of the host (the GPU path: no read-back).
+    Returns (logits [R, C] sorted highest first, equal ones in token-id order, dropped candidates at -inf;
+    their token ids [R, C]). With ``grow`` the list starts short and grows until its last logit is below
+    every candidate that counts (then every token after it has more than ``top_p`` above it, or is past the
+    top k, and is dropped, exactly as in a full sort): on a CPU a full sort of a 49k vocabulary costs ~3.6 ms
+    a row and ``topk`` of 64 ~0.1 ms. Without it the whole vocabulary is sorted once, which asks nothing of
+    the host (the GPU path: no read-back). Either way a row's candidates, their order and their
+    probabilities do not depend on the other rows (batch invariance).
     """
     vocab = logits.shape[1]
     logits = logits / f.temperature
@@ -285,25 +287,48 @@ def _candidates(logits: torch.Tensor, f: Filters, grow: bool) -> tuple[torch.Ten
     want = vocab
     if grow:
         top_k_rows = f.top_k[has_top_k]
-        want = max(int(top_k_rows.max()) if top_k_rows.numel() else 1,
+        want = max(int(top_k_rows.max()) + 1 if top_k_rows.numel() else 1,  # one past the k-th: ties with it?
                    FIRST_CANDIDATES if bool(((~has_top_k) & (f.top_p < 1.0)).any()) else 1)
-    lse = logits.logsumexp(-1, keepdim=True)
+    # log-softmax, not logsumexp: a CPU reduces one row's logsumexp over several threads but many rows one
+    # thread each, so a row's value would depend on how many rows the step samples; (log-)softmax always
+    # reduces a row in one thread (batch invariance, tests/engine/test_batch_invariance.py)
+    logp = logits.log_softmax(-1)
     while True:
-        # highest first: the whole row sorted, or its top ``want``
-        vals, idx = logits.sort(dim=-1, descending=True) if want >= vocab else logits.topk(want, dim=-1)
-        rank = torch.arange(vals.shape[1], device=logits.device)[None, :]
-        vals = vals.masked_fill(rank >= f.top_k, float("-inf"))
-        probs = (vals - torch.where(has_top_k, vals.logsumexp(-1, keepdim=True), lse)).exp()
-        if vals.shape[1] == vocab or bool((has_top_k | (f.top_p >= 1.0) | (probs.sum(-1, keepdim=True) > f.top_p))
-                                          .all()):
+        listed, idx = _highest(logits, want)
+        rank = torch.arange(listed.shape[1], device=logits.device)[None, :]
+        vals = listed.masked_fill(rank >= f.top_k, float("-inf"))
+        probs = torch.where(has_top_k, vals.log_softmax(-1), logp.gather(1, idx)).exp()
+        before = probs.cumsum(-1) - probs
+        vals = vals.masked_fill(before > f.top_p, float("-inf"))
+        if listed.shape[1] == vocab or _covers(listed, vals, has_top_k & (rank < f.top_k)):
             break
         want = want * 16 if want < 1024 else vocab  # a flat distribution: soon the whole (sorted) vocabulary
-    before = probs.cumsum(-1) - probs
-    vals = vals.masked_fill(before > f.top_p, float("-inf"))
     if f.uses_min_p:  # p >= min_p * p_max, in logits: normalisation cancels out
         floor = torch.where(f.min_p > 0, vals[:, :1] + f.min_p.clamp_min(1e-30).log(), float("-inf"))
         vals = vals.masked_fill(vals < floor, float("-inf"))
     return vals, idx
+
+
+def _highest(logits: torch.Tensor, want: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's ``want`` highest logits and their token ids, highest first, equal logits in token-id order:
+    the order of a row's candidates must not depend on how many the batch asks for (``topk`` orders ties
+    differently for another ``want``, and bf16 logits tie often)."""
+    if want >= logits.shape[1]:
+        return logits.sort(dim=-1, descending=True, stable=True)
+    vals, idx = logits.topk(want, dim=-1)
+    idx, by_id = idx.sort(dim=-1)
+    vals, order = vals.gather(1, by_id).sort(dim=-1, descending=True, stable=True)
+    return vals, idx.gather(1, order)
+
+
+def _covers(listed: torch.Tensor, kept: torch.Tensor, normalising: torch.Tensor) -> bool:
+    """Whether every row's list is long enough: its last logit strictly below each one that counts (the kept
+    candidates, and for top-k rows the k survivors whose softmax normalises the row). Then no token left out
+    could count, and none tied with one that counts was left out (``topk`` picks among ties at its cut as
+    it likes)."""
+    counts = normalising | torch.isfinite(kept)
+    lowest = listed.masked_fill(~counts, float("inf")).min(-1).values
+    return bool((listed[:, -1] < lowest).all())
 
 
 def inverse_cdf(logits: torch.Tensor, uniform: torch.Tensor, temperature: torch.Tensor | None = None) -> torch.Tensor:
