@@ -241,21 +241,20 @@ def attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
     out = torch.zeros_like(q)
     if q.shape[0] == 0 or cu_seqlens_q.numel() < 2:
         return out
-    starts_q, starts_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i in range(len(starts_q) - 1):
-        shape = (starts_q[i + 1] - starts_q[i], starts_k[i + 1] - starts_k[i])
-        if shape[0] > 0 and shape[1] > 0:  # no keys: the output stays 0
-            groups.setdefault(shape, []).append(i)
-    for (len_q, len_k), seqs in groups.items():
-        idx_q = _token_index([starts_q[i] for i in seqs], len_q, q.device)  # [G, Lq]
-        idx_k = _token_index([starts_k[i] for i in seqs], len_k, q.device)
+    lengths_q, lengths_k = cu_seqlens_q.diff(), cu_seqlens_k.diff()
+    shapes = set(zip(lengths_q.tolist(), lengths_k.tolist()))  # the groups, read once (a CPU path)
+    for len_q, len_k in sorted(shapes):
+        if len_q == 0 or len_k == 0:  # no queries, or no keys: the output stays 0
+            continue
+        members = ((lengths_q == len_q) & (lengths_k == len_k)).nonzero()[:, 0]  # no tensor from host data
+        idx_q = _token_index(cu_seqlens_q[members], len_q)  # [G, Lq]
+        idx_k = _token_index(cu_seqlens_k[members], len_k)
         out[idx_q] = _sdpa_group(q[idx_q], k[idx_k], v[idx_k], causal, scale, position_bias)
     return out
 
 
-def _token_index(starts: list[int], length: int, device) -> torch.Tensor:
-    return torch.tensor(starts, device=device)[:, None] + torch.arange(length, device=device)
+def _token_index(starts: torch.Tensor, length: int) -> torch.Tensor:
+    return starts.long()[:, None] + torch.arange(length, device=starts.device)
 
 
 def _sdpa_group(q, k, v, causal: bool, scale, position_bias) -> torch.Tensor:
