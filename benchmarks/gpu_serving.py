@@ -105,6 +105,7 @@ def bench_model(shape: str, args, bandwidth: float) -> list[str]:
         vocab = loaded.config.vocab_size
         modes = ["auto", "off"] if args.device != "cpu" else ["padded", "off"]
         for mode in modes:
+            STATS.ready = False  # this engine's warm-up is start-up, not serving (mark_ready() again below)
             start = time.perf_counter()
             engine = LLMEngine(loaded, EngineConfig(max_num_seqs=max(args.concurrency), cuda_graphs=mode,
                                                     kv_cache_memory=args.kv_cache_gib << 30,

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import BACKENDS, backend_for, interpreting, selected_backend, use_triton
 from . import compile_keys
+from ._backend import BACKENDS, backend_for, interpreting, selected_backend, use_triton
 from ._validate import trusted_calls
 from .decode_gemm import DECODE_MAX_M, linear_decode_triton
 from .flash_attention import attention_ref, attention_triton

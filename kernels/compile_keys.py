@@ -16,12 +16,10 @@ one per bucket).
 """
 from __future__ import annotations
 
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 _ACTIVE: "CompileKeys | None" = None
-_LOCK = threading.Lock()
 
 
 @dataclass
@@ -55,9 +53,8 @@ class CompileKeys:
         _, specialization, options = self._binders[kernel](*args, **kwargs)
         key = (kernel.fn.__name__, tuple(tuple(s) if isinstance(s, list) else s for s in specialization),
                tuple(sorted((k, str(v)) for k, v in options.items())))
-        with _LOCK:
-            self.launches += 1
-            self.first_seen.setdefault(key, self.phase)
+        self.launches += 1
+        self.first_seen.setdefault(key, self.phase)
         return key
 
 

@@ -74,7 +74,6 @@ def _sized(value) -> bool:
 
 
 def _environment(limits: RenderLimits):
-    from jinja2.exceptions import SecurityError
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -108,7 +107,6 @@ def _environment(limits: RenderLimits):
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
     env.globals.pop("lipsum", None)  # text of any length on request; no chat template uses it
-    env.security_error = SecurityError
     return env
 
 
@@ -187,6 +185,8 @@ def render(compiled: CompiledTemplate, context: dict, kwargs: dict | None = None
     """Render with ``context`` (messages, add_generation_prompt, special tokens, tools) and those ``kwargs``
     (a request's ``chat_template_kwargs``) the template reads; kwargs it does not read are dropped, as vLLM
     drops them, and none may replace a ``context`` name (the caller refuses those)."""
+    from jinja2.exceptions import SecurityError
+
     limits = compiled.limits
     deadline = time.monotonic() + limits.seconds
     budget = _RangeBudget(limits, deadline)
@@ -207,7 +207,7 @@ def render(compiled: CompiledTemplate, context: dict, kwargs: dict | None = None
     except MemoryError:
         raise TemplateLimitError("memory", "rendering ran out of its memory") from None
     except Exception as err:  # whatever the template's code raised is the template's fault, not the server's
-        if isinstance(err, compiled.template.environment.security_error):
+        if isinstance(err, SecurityError):
             raise TemplateSecurityError(f"the sandbox refused: {err}") from None
         raise ChatTemplateError(f"{type(err).__name__}: {err}") from None
     return "".join(parts)

@@ -106,7 +106,7 @@ RESERVED_TEMPLATE_KWARGS = ("messages", "tools", "add_generation_prompt", "conti
 
 def request_template(req) -> tuple[str | None, str]:
     """The chat template a request supplies, if any (``chat_template``, or vLLM's
-    ``chat_template_kwargs.chat_template``), and the field that carried it; refused unless trusted."""
+    ``chat_template_kwargs.chat_template``), and the field that carried it (``messages`` when none)."""
     kwargs = req.chat_template_kwargs or {}
     where = "chat_template" if req.chat_template is not None else "chat_template_kwargs.chat_template"
     template = req.chat_template if req.chat_template is not None else kwargs.get("chat_template")

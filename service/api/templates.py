@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 from dataclasses import asdict, dataclass, field
 
 from models import ChatTemplateError, RenderLimits, TemplateLimitError, TemplateSecurityError
 from models import chat_template as worker_script
 from models.chat_template import HEADER_BYTES, frame
-
-log = logging.getLogger("kernelserve.api")
 
 LIMIT_HINTS = {"seconds": "--chat-template-timeout", "max_chars": "the rendered prompt's size",
                "memory": "the render worker's memory", "max_range": "range() size",

@@ -26,15 +26,15 @@ class Staging:
         self.pinned = self.device.type == "cuda"
         self.host: torch.Tensor | None = None  # pinned, grown on demand
         self.fence = CopyFence(self.device)  # the last copy out of ``host``
+        self.align = max(1, ALIGN_BYTES // torch.empty(0, dtype=dtype).element_size())  # elements
 
     def send(self, *parts: Sequence[float]) -> list[torch.Tensor]:
-        """One 1-D device tensor per part (views of one buffer, so do not write into them). Each part starts
-        16 bytes into the buffer after a multiple of 16: a kernel's pointer arguments are then aligned every
-        step (Triton compiles a kernel per alignment of its pointers: an unaligned step would compile anew)."""
+        """One 1-D device tensor per part (views of one buffer, so do not write into them). Each part starts at
+        a multiple of 16 bytes into the buffer: a kernel's pointer arguments are then aligned every step
+        (Triton compiles a kernel per alignment of its pointers: an unaligned step would compile anew)."""
         if not parts:
             return []
-        align = max(1, ALIGN_BYTES // torch.empty(0, dtype=self.dtype).element_size())
-        padded = [-(-len(p) // align) * align for p in parts]
+        padded = [-(-len(p) // self.align) * self.align for p in parts]
         flat = torch.tensor(list(chain.from_iterable(list(p) + [0] * (n - len(p)) for p, n in zip(parts, padded))),
                             dtype=self.dtype)
         if self.pinned:
