@@ -1,4 +1,5 @@
-"""BERT encoder for sentence embeddings (all-MiniLM-L6-v2 and friends): post-LN, GELU FFN."""
+"""BERT-style encoder for sentence embeddings (all-MiniLM-L6-v2, bge, multilingual-e5 / bge-m3 on XLM-RoBERTa):
+post-LN, GELU FFN. RoBERTa and XLM-R differ only in their position ids (offset by padding_idx + 1)."""
 from __future__ import annotations
 
 import torch
@@ -18,9 +19,9 @@ RULES = CheckpointRules(
              ("attention.self.query.bias", "attention.qkv.bias", 0),
              ("attention.self.key.bias", "attention.qkv.bias", 1),
              ("attention.self.value.bias", "attention.qkv.bias", 2)),
-    # checkpoints saved from BertForX / BertModel carry a "bert." prefix or not
-    renames=((r"^bert\.", ""),),
-    ignored=(r"position_ids$", r"^pooler\.", r"^cls\."),
+    # checkpoints saved from BertForX / RobertaForX / BertModel carry a "bert." / "roberta." prefix or not
+    renames=((r"^(bert|roberta)\.", ""),),
+    ignored=(r"position_ids$", r"token_type_ids$", r"^(bert\.|roberta\.)?pooler\.", r"^cls\.", r"^lm_head\."),
 )
 
 
@@ -70,11 +71,16 @@ class BertModel(nn.Module):
         return {f"encoder.layer.{i}.attention.qkv.{p}": (h, h, h)
                 for i in range(self.cfg.num_layers) for p in ("weight", "bias")}
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """Packed tokens [T] (positions restart at 0 per sequence) -> hidden states [T, H]."""
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                token_types: torch.Tensor | None = None) -> torch.Tensor:
+        """Packed tokens [T] (positions restart at 0 per sequence) -> hidden states [T, H].
+
+        ``token_types`` [T]: segment ids of text pairs (BERT's 0 for the first text, 1 for the second);
+        None: one segment, type 0 for every token."""
         e = self.embeddings
-        # single-segment inputs: token type 0 for every token
-        h = e.word_embeddings(input_ids) + e.position_embeddings(positions) + e.token_type_embeddings.weight[0]
+        types = e.token_type_embeddings.weight[0] if token_types is None else e.token_type_embeddings(token_types)
+        positions = positions + self.cfg.position_offset if self.cfg.position_offset else positions
+        h = e.word_embeddings(input_ids) + e.position_embeddings(positions) + types
         h = e.LayerNorm(h)
         for layer in self.encoder.layer:
             h = layer(h, meta)

@@ -92,7 +92,8 @@ class DecoderConfig:
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """BERT-style encoder for embeddings."""
+    """BERT-style encoder (BERT, RoBERTa, XLM-RoBERTa) for embeddings or, with a classification head, for
+    scoring text pairs (cross-encoder rerankers)."""
     arch: str
     vocab_size: int
     hidden_size: int
@@ -103,6 +104,19 @@ class EncoderConfig:
     type_vocab_size: int
     norm_eps: float
     activation: str
+    # RoBERTa / XLM-R number positions from padding_idx + 1 (position ids are offset by it)
+    position_offset: int = 0
+    # a *ForSequenceClassification checkpoint: its head ("bert": pooler + classifier, "roberta":
+    # classifier.dense + out_proj) and how many logits; "" and 0 for plain encoders
+    classifier: str = ""
+    num_labels: int = 0
+    # sentence-transformers' CrossEncoder default for one logit: a sigmoid (config may say Identity)
+    score_activation: str = "sigmoid"
+
+    @property
+    def max_tokens(self) -> int:
+        """Longest input: the position table minus the offset RoBERTa-style models start from."""
+        return self.max_position - self.position_offset
 
     @property
     def head_dim(self) -> int:
@@ -146,20 +160,38 @@ def gpt2_config(cfg: dict) -> DecoderConfig:
     )
 
 
+def _classifier_head(cfg: dict, family: str) -> dict:
+    """A sequence-classification checkpoint's head: which kind, how many logits, the score activation."""
+    if not any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures") or ()):
+        return {}
+    labels = cfg.get("num_labels") or len(cfg.get("id2label") or {}) or 2
+    if labels != 1:
+        raise ModelError(f"config.json: a sequence classifier with {labels} labels; kernelserve serves "
+                         "cross-encoders with one relevance logit (rerankers)")
+    act = ((cfg.get("sentence_transformers") or {}).get("activation_fn") or "Sigmoid").rsplit(".", 1)[-1]
+    if act not in ("Sigmoid", "Identity"):
+        raise ModelError(f"config.json: cross-encoder activation {act!r} is not supported (Sigmoid, Identity)")
+    return {"classifier": family, "num_labels": 1, "score_activation": act.lower()}
+
+
 def bert_config(cfg: dict) -> EncoderConfig:
+    """BERT, RoBERTa and XLM-RoBERTa: the same layers; RoBERTa's positions start after the padding index."""
     if cfg.get("position_embedding_type", "absolute") != "absolute":
         raise ModelError("config.json: only absolute position embeddings are supported for BERT")
+    roberta = cfg["model_type"] in ("roberta", "xlm-roberta")
     return EncoderConfig(
-        arch="bert", vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
+        arch=cfg["model_type"], vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
         num_layers=cfg["num_hidden_layers"], num_heads=cfg["num_attention_heads"],
         intermediate_size=cfg["intermediate_size"], max_position=cfg["max_position_embeddings"],
         type_vocab_size=cfg.get("type_vocab_size", 2), norm_eps=cfg.get("layer_norm_eps", 1e-12),
         activation=activation_from_hf(cfg.get("hidden_act", "gelu")),
+        position_offset=cfg.get("pad_token_id", 1) + 1 if roberta else 0,
+        **_classifier_head(cfg, "roberta" if roberta else "bert"),
     )
 
 
 CONFIG_READERS = {"llama": llama_config, "mistral": llama_config, "qwen2": llama_config,
-                  "gpt2": gpt2_config, "bert": bert_config}
+                  "gpt2": gpt2_config, "bert": bert_config, "roberta": bert_config, "xlm-roberta": bert_config}
 
 
 def config_from_hf(cfg: dict, source: str = "config.json"):

@@ -17,6 +17,7 @@ from . import gguf_file
 from .bart import BartForConditionalGeneration
 from .bert import BertModel
 from .config import DecoderConfig, EncoderConfig, EncoderDecoderConfig, ModelError, config_from_hf
+from .cross_encoder import ForSequenceClassification
 from .gpt2 import GPT2LMHeadModel
 from .layers import QuantizedLinear, quantize_linears
 from .llama import LlamaForCausalLM
@@ -28,7 +29,8 @@ from .weights import iter_safetensors, iter_torch_bin, load_weights, safetensors
 log = logging.getLogger("kernelserve.models")
 
 ARCHITECTURES = {"llama": LlamaForCausalLM, "mistral": LlamaForCausalLM, "qwen2": LlamaForCausalLM,
-                 "gpt2": GPT2LMHeadModel, "bert": BertModel, "t5": T5ForConditionalGeneration,
+                 "gpt2": GPT2LMHeadModel, "bert": BertModel, "roberta": BertModel, "xlm-roberta": BertModel,
+                 "t5": T5ForConditionalGeneration,
                  "bart": BartForConditionalGeneration}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # auto: keep a GGUF's quantized blocks, full precision for safetensors; none: dequantise everything;
@@ -52,8 +54,11 @@ class LoadedModel:
 
     @property
     def kind(self) -> str:
-        """'generate' for decoders and encoder-decoders (chat, completions), 'embed' for encoders."""
-        return "embed" if isinstance(self.config, EncoderConfig) else "generate"
+        """'generate' for decoders and encoder-decoders (chat, completions), 'embed' for encoders (and
+        decoders whose sentence-transformers config pools them), 'score' for cross-encoders (rerank)."""
+        if isinstance(self.config, EncoderConfig) and self.config.num_labels:
+            return "score"
+        return "embed" if self.pooling is not None else "generate"
 
     @property
     def is_encoder_decoder(self) -> bool:
@@ -99,6 +104,8 @@ def resolve_source(source: str) -> str:
 
 def _build(cfg, dtype: torch.dtype) -> nn.Module:
     # parameters are allocated uninitialised and filled from the checkpoint
+    if isinstance(cfg, EncoderConfig) and cfg.num_labels:
+        return ForSequenceClassification(cfg, dtype)
     return ARCHITECTURES[cfg.arch](cfg, dtype)
 
 
@@ -160,8 +167,9 @@ def load_folder(folder: str, dtype: torch.dtype, name: str) -> LoadedModel:
     total = sum(1 for _ in model.parameters())
     load_weights(model, _progress(tensors, total, name), model.rules, model.shard_sizes())
     tokenizer = Tokenizer.from_folder(folder)
-    pooling = Pooling.from_sentence_transformers(folder) if isinstance(cfg, EncoderConfig) else None
-    max_len = cfg.max_position
+    pooling = Pooling.from_sentence_transformers(folder) if isinstance(cfg, EncoderConfig) and not cfg.num_labels \
+        else None
+    max_len = cfg.max_tokens if isinstance(cfg, EncoderConfig) else cfg.max_position
     st_cfg = os.path.join(folder, "sentence_bert_config.json")
     if pooling and os.path.exists(st_cfg):
         max_len = min(max_len, _read_json(st_cfg).get("max_seq_length", max_len))

@@ -56,6 +56,16 @@ class Tokenizer:
     def encode_batch(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
         return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)]
 
+    def encode_pairs(self, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+        """(ids, token type ids) of text pairs as the tokenizer's post-processor joins them (BERT:
+        ``[CLS] a [SEP] b [SEP]`` with types 0 then 1; XLM-R: ``<s> a </s></s> b </s>``, all 0)."""
+        return [(e.ids, e.type_ids) for e in self.backend.encode_batch(list(pairs), add_special_tokens=True)]
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """``text`` cut after its first ``max_tokens`` tokens (no special tokens counted), at a token's end."""
+        offsets = self.backend.encode(text, add_special_tokens=False).offsets
+        return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]] if max_tokens else ""
+
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
 

@@ -123,7 +123,7 @@ def _load_all(args, state, metrics) -> None:
     for name, source in model_specs(args.model):
         loaded = load_model(source, name=name, dtype=args.dtype, device=device, quantization=args.quantization)
         dtype = str(loaded.dtype).removeprefix("torch.")
-        if loaded.kind == "embed":
+        if loaded.kind in ("embed", "score"):
             embedder = EmbeddingEngine(loaded, observer=lambda b, t, n=name: metrics.on_embedding_batch(n, b, t))
             embedder.start()
             registry.add(ServedModel(name, loaded, embedder=embedder))
@@ -136,8 +136,8 @@ def _load_all(args, state, metrics) -> None:
                                        str(config.max_num_seqs), str(config.max_num_batched_tokens),
                                        str(engine.engine.block_manager.num_blocks), loaded.quantization).set(1)
             registry.add(ServedModel(name, loaded, engine=engine))
-        log.info("serving %s (%s) from %s", name, "embeddings" if loaded.kind == "embed" else "chat, completions",
-                 loaded.source)
+        log.info("serving %s (%s) from %s", name, {"embed": "embeddings, rerank, score", "score": "rerank, score"}
+                 .get(loaded.kind, "chat, completions"), loaded.source)
     state.registry = registry
 
 

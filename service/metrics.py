@@ -60,6 +60,8 @@ class Metrics:
                                             label, buckets=tokens, registry=r)
         self.embedding_requests = Counter(PREFIX + "embedding_requests", "Embedding requests", label, registry=r)
         self.embedding_inputs = Counter(PREFIX + "embedding_inputs", "Embedding inputs", label, registry=r)
+        self.score_requests = Counter(PREFIX + "score_requests", "Rerank and score requests",
+                                      label + ["endpoint"], registry=r)
         self.embedding_batch = Histogram(PREFIX + "embedding_batch_size", "Inputs per embedding forward pass",
                                          label, buckets=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512], registry=r)
         self.http_requests = Counter(PREFIX + "http_requests", "HTTP requests", ["route", "method", "status"], registry=r)

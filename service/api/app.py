@@ -16,8 +16,9 @@ from .convert import chat_prompt, reject_invalid_unicode
 from .errors import ERROR_RESPONSES, APIError, document_errors, error_response, install_error_handlers
 from .gatekeeper import Gatekeeper, ServerState
 from .protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest, ModelCard,
-                       ModelList, ResponsesRequest, TokenizeRequest)
+                       ModelList, RerankRequest, ResponsesRequest, ScoreRequest, TokenizeRequest)
 from .registry import ModelRegistry
+from .rerank import RerankServing
 from .responses import ResponsesServing
 from .serving import OpenAIServing, guarded_stream
 from .tools import ToolPlan
@@ -81,6 +82,22 @@ def build_app(state: ServerState, metrics: Metrics) -> FastAPI:
         result = await serving().embeddings(req, request)
         metrics.embedding_requests.labels(result["model"]).inc()
         return result
+
+    async def rerank(req: RerankRequest, request: Request):
+        result = await RerankServing(_registry(state)).rerank(req, request)
+        metrics.score_requests.labels(result["model"], "rerank").inc()
+        return result
+
+    for path in ("/v1/rerank", "/rerank", "/v2/rerank"):  # vLLM's, Jina's and Cohere v2's paths
+        app.post(path, responses=ERROR_RESPONSES)(rerank)
+
+    async def score(req: ScoreRequest, request: Request):
+        result = await RerankServing(_registry(state)).score(req, request)
+        metrics.score_requests.labels(result["model"], "score").inc()
+        return result
+
+    for path in ("/v1/score", "/score"):
+        app.post(path, responses=ERROR_RESPONSES)(score)
 
     @app.post("/tokenize", responses=ERROR_RESPONSES)
     async def tokenize(req: TokenizeRequest):

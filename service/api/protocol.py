@@ -160,6 +160,29 @@ class EmbeddingRequest(OpenAIModel):
     user: Optional[str] = None
 
 
+class RerankDocument(OpenAIModel):
+    text: str
+
+
+class RerankRequest(OpenAIModel):
+    """``POST /v1/rerank`` (also ``/rerank``, ``/v2/rerank``): the Jina / Cohere shape vLLM and TEI accept."""
+    model: Optional[str] = None
+    query: str
+    documents: list[Union[str, RerankDocument]]  # at most MAX_EMBEDDING_INPUTS (checked)
+    top_n: Optional[int] = None  # None or 0: every document
+    return_documents: bool = True
+    max_tokens_per_doc: Optional[int] = None  # Cohere v2: each document cut to this many tokens first
+    user: Optional[str] = None
+
+
+class ScoreRequest(OpenAIModel):
+    """``POST /v1/score`` (also ``/score``), vLLM's shape: one text_1 against each text_2, or pairs."""
+    model: Optional[str] = None
+    text_1: Union[str, list[str]]
+    text_2: Union[str, list[str]]
+    user: Optional[str] = None
+
+
 class TokenizeRequest(OpenAIModel):
     model: Optional[str] = None
     prompt: Optional[str] = None

@@ -14,11 +14,13 @@ class ServedModel:
     name: str
     loaded: LoadedModel
     engine: AsyncEngine | None = None  # decoders: chat and completions
-    embedder: EmbeddingEngine | None = None  # encoders: embeddings
+    embedder: EmbeddingEngine | None = None  # encoders: embeddings, or scores for cross-encoders
 
     @property
     def capabilities(self) -> list[str]:
-        return ["embeddings"] if self.embedder else ["chat.completions", "completions"]
+        if self.embedder is None:
+            return ["chat.completions", "completions"]
+        return ["rerank", "score"] if self.embedder.scores else ["embeddings", "rerank", "score"]
 
     @property
     def max_model_len(self) -> int:
@@ -66,7 +68,27 @@ class ModelRegistry:
         if served.embedder is None:
             raise APIError(400, f"The model `{name}` is a generative model: it serves /v1/chat/completions "
                                 "and /v1/completions, not embeddings.", code="model_not_supported", param="model")
+        if served.embedder.scores:
+            raise APIError(400, f"The model `{name}` is a cross-encoder: it serves /v1/rerank and /v1/score, "
+                                "not embeddings.", code="model_not_supported", param="model")
         return served
+
+    def for_scoring(self, name: str | None) -> ServedModel:
+        """A cross-encoder, or an embedding model (scores by cosine similarity); one served model may go unnamed."""
+        served = self.get(name) if name is not None else self._only_scorer()
+        if served.embedder is None:
+            raise APIError(400, f"The model `{served.name}` is a generative model: it serves /v1/chat/completions "
+                                "and /v1/completions, not rerank or score.", code="model_not_supported", param="model")
+        return served
+
+    def _only_scorer(self) -> ServedModel:
+        scorers = [m for m in self.models.values() if m.embedder is not None]
+        cross = [m for m in scorers if m.embedder.scores]
+        if len(cross) == 1 or len(scorers) == 1:
+            return (cross or scorers)[0]
+        raise APIError(400, "model is required: this server has "
+                            f"{len(scorers)} models that can score ({', '.join(m.name for m in scorers)})",
+                       param="model")
 
     def all_generation_full(self) -> QueueFull | None:
         """The refusal when every generation engine's queue is full (a 429 owed before parsing the body)."""

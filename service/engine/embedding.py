@@ -1,8 +1,11 @@
-"""Embedding requests: queued, packed by a token budget into one varlen forward pass, pooled.
+"""Encoder requests (embeddings, and cross-encoder scores for rerank): queued, packed by a token budget
+into one varlen forward pass, then pooled (embedding models) or scored (cross-encoders).
 
 No padding: inputs of different lengths share one packed batch (cu_seqlens),
 so a batch costs the tokens it holds. Requests are taken whole in arrival
-order; one larger than the budget runs in slices of its inputs.
+order; one larger than the budget runs in slices of its inputs. Every op of
+the forward treats rows independently, so an input's result does not depend
+on what it is batched with (tested: batched == one by one).
 """
 from __future__ import annotations
 
@@ -19,9 +22,18 @@ from models import AttentionMetadata, LoadedModel
 log = logging.getLogger("kernelserve.engine")
 
 
+@dataclass(frozen=True)
+class EncoderInput:
+    ids: list[int]
+    token_types: list[int] | None = None  # segment ids of a text pair (cross-encoders); None: all 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 @dataclass
 class _Job:
-    inputs: list[list[int]]
+    inputs: list[EncoderInput]
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
 
@@ -43,35 +55,54 @@ class EmbeddingEngine:
         self._jobs.put(None)
         self._thread.join(timeout=10)
 
-    async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
-        """One float32 vector per input, in input order."""
+    @property
+    def scores(self) -> bool:
+        """A cross-encoder: each input (a text pair) gives one relevance score, not a vector."""
+        return self.loaded.kind == "score"
+
+    async def embed(self, inputs: list[list[int] | EncoderInput]) -> list[list[float]]:
+        """One float32 vector per input, in input order (a one-element ``[score]`` for cross-encoders)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._jobs.put(_Job(inputs, future, loop))
+        self._jobs.put(_Job([x if isinstance(x, EncoderInput) else EncoderInput(x) for x in inputs], future, loop))
         return await future
 
+    async def score(self, pairs: list[EncoderInput]) -> list[float]:
+        """Cross-encoders: one relevance score per tokenized pair, in input order."""
+        if not self.scores:
+            raise ValueError(f"{self.loaded.name} is not a cross-encoder")
+        return [row[0] for row in await self.embed(pairs)]
+
     @torch.inference_mode()
-    def embed_now(self, inputs: list[list[int]]) -> torch.Tensor:
-        """Embed on the calling thread: [len(inputs), H], packed in slices of the token budget."""
+    def embed_now(self, inputs: list[list[int] | EncoderInput]) -> torch.Tensor:
+        """Run on the calling thread: [len(inputs), H] vectors (or [len(inputs), 1] scores), packed in slices
+        of the token budget."""
         out, batch, tokens = [], [], 0
-        for ids in inputs:
-            if batch and tokens + len(ids) > self.max_batch_tokens:
+        for x in (x if isinstance(x, EncoderInput) else EncoderInput(x) for x in inputs):
+            if batch and tokens + len(x) > self.max_batch_tokens:
                 out.append(self._forward(batch))
                 batch, tokens = [], 0
-            batch.append(ids)
-            tokens += len(ids)
+            batch.append(x)
+            tokens += len(x)
         if batch:
             out.append(self._forward(batch))
         return torch.cat(out) if out else torch.empty(0)
 
-    def _forward(self, batch: list[list[int]]) -> torch.Tensor:
-        lengths = [len(ids) for ids in batch]
+    def _forward(self, batch: list[EncoderInput]) -> torch.Tensor:
+        lengths = [len(x) for x in batch]
         device = self.loaded.device
-        flat = torch.tensor([t for ids in batch for t in ids], device=device)
+        flat = torch.tensor([t for x in batch for t in x.ids], device=device)
         positions = torch.cat([torch.arange(n, device=device) for n in lengths])
-        hidden = self.loaded.model(flat, positions, AttentionMetadata.for_sequences(lengths, device))
+        meta = AttentionMetadata.for_sequences(lengths, device)
+        if any(x.token_types for x in batch):
+            types = torch.tensor([t for x in batch for t in (x.token_types or [0] * len(x))], device=device)
+            hidden = self.loaded.model(flat, positions, meta, token_types=types)
+        else:
+            hidden = self.loaded.model(flat, positions, meta)
         if self.observer is not None:
             self.observer(len(batch), sum(lengths))
+        if self.scores:
+            return self.loaded.model.scores(hidden, lengths)[:, None]
         return self.loaded.pooling(hidden, lengths)
 
     def _take_batch(self, first: _Job) -> list[_Job]:

@@ -1,0 +1,142 @@
+"""Small random encoders built from real configs, saved as the folders sentence-transformers writes.
+
+- ``save_xlmr_embedder``: multilingual-e5 / bge-m3's XLM-RoBERTa (shrunk to 2 layers of width 256), mean or CLS
+  pooling + Normalize, with a SentencePiece-Unigram tokenizer of XLM-R's structure (``<s> <pad> </s> <unk>`` at
+  0-3, ``<mask>`` last, Metaspace, ``<s> A </s></s> B </s>``) trained on a few sentences, since the real
+  250k-piece file is not installable here.
+- ``save_cross_encoder``: ``cross-encoder/ms-marco-MiniLM-L6-v2`` (BERT, MiniLM's real WordPiece tokenizer) or
+  ``BAAI/bge-reranker-base`` (XLM-RoBERTa), ``*ForSequenceClassification`` with one label.
+Biases and norms are randomised so they are exercised.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import torch
+
+CORPUS = [
+    "A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
+    "Paris is the capital of France.", "Berlin ist die Hauptstadt von Deutschland.", "東京は日本の首都です。",
+    "La capitale de la France est Paris.", "Machine learning is fun.", "What is the capital of France?",
+    "Le chat est sur la table.", "El perro corre en el parque.", "Der schnelle braune Fuchs springt.",
+    "Triton kernels fuse attention.", "kernelserve serves embeddings and rerankers.", "naïve café über",
+]
+
+
+def unigram_tokenizer(vocab_size: int = 600):
+    """A Unigram tokenizer laid out as XLM-RoBERTa's tokenizer.json is."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(" {2,}", " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+                                      unk_token="<unk>", show_progress=False)
+    tok.train_from_iterator(CORPUS * 4, trainer)
+    tok.add_special_tokens(["<mask>"])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", 0), ("</s>", 2)])
+    return tok
+
+
+def _save_xlmr_tokenizer(folder: str, max_length: int) -> int:
+    tok = unigram_tokenizer()
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        # the generic fast class reads tokenizer.json as it is (transformers 5's XLMRobertaTokenizer rebuilds its
+        # own pre-tokenizer around the vocabulary instead)
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+                   "sep_token": "</s>", "cls_token": "<s>", "unk_token": "<unk>", "pad_token": "<pad>",
+                   "mask_token": "<mask>", "model_max_length": max_length}, f)
+    return tok.get_vocab_size()
+
+
+def _randomise_vectors(model) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+
+
+def xlmr_config(vocab_size: int, **extra):
+    """xlm-roberta-base's config.json, shrunk in depth and width (head_dim 64 kept)."""
+    from transformers import XLMRobertaConfig
+
+    return XLMRobertaConfig(vocab_size=vocab_size, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=512, max_position_embeddings=514, type_vocab_size=1,
+                            layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2, **extra)
+
+
+def _write_sentence_transformers(folder: str, pooling: str, normalize: bool, max_seq_length: int) -> None:
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        os.makedirs(os.path.join(folder, "2_Normalize"), exist_ok=True)
+    with open(os.path.join(folder, "modules.json"), "w") as f:
+        json.dump(modules, f)
+    os.makedirs(os.path.join(folder, "1_Pooling"), exist_ok=True)
+    with open(os.path.join(folder, "1_Pooling", "config.json"), "w") as f:
+        json.dump({"word_embedding_dimension": 256, "pooling_mode_cls_token": pooling == "cls",
+                   "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
+                   "pooling_mode_lasttoken": pooling == "lasttoken"}, f)
+    with open(os.path.join(folder, "sentence_bert_config.json"), "w") as f:
+        json.dump({"max_seq_length": max_seq_length, "do_lower_case": False}, f)
+
+
+def save_xlmr_embedder(folder, pooling: str = "mean") -> str:
+    from transformers import XLMRobertaModel
+
+    folder = str(folder)
+    os.makedirs(folder, exist_ok=True)
+    vocab = _save_xlmr_tokenizer(folder, 512)
+    torch.manual_seed(0)
+    model = XLMRobertaModel(xlmr_config(vocab), add_pooling_layer=False).eval()
+    _randomise_vectors(model)
+    model.save_pretrained(folder)
+    _write_sentence_transformers(folder, pooling, True, 512)
+    return folder
+
+
+def _spread_logits(model, folder: str, family: str) -> None:
+    """A random head gives nearly equal scores; rescale its output layer so the corpus's logits have mean 0
+    and standard deviation 2 (sigmoid scores spread over (0.1, 0.9)) and the order means something."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    batch = tok(["What is the capital of France?"] * len(CORPUS), CORPUS, padding=True, return_tensors="pt")
+    out = model.classifier if family == "bert" else model.classifier.out_proj
+    with torch.no_grad():
+        logits = model(**batch).logits[:, 0]
+        scale = 2 / logits.std()
+        out.weight.mul_(scale)
+        out.bias.copy_((out.bias - logits.mean()) * scale)
+
+
+def save_cross_encoder(folder, family: str, minilm_path: str | None = None) -> str:
+    """family "bert" (ms-marco-MiniLM-L6-v2's config, MiniLM's tokenizer) or "xlm-roberta" (bge-reranker)."""
+    from transformers import BertConfig, BertForSequenceClassification, XLMRobertaForSequenceClassification
+
+    folder = str(folder)
+    os.makedirs(folder, exist_ok=True)
+    torch.manual_seed(1)
+    if family == "bert":
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+            shutil.copy(os.path.join(minilm_path, name), folder)
+        cfg = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=2, num_attention_heads=12,
+                         intermediate_size=1536, max_position_embeddings=512, num_labels=1,
+                         architectures=["BertForSequenceClassification"])
+        model = BertForSequenceClassification(cfg)
+    else:
+        vocab = _save_xlmr_tokenizer(folder, 512)
+        cfg = xlmr_config(vocab, num_labels=1, architectures=["XLMRobertaForSequenceClassification"])
+        model = XLMRobertaForSequenceClassification(cfg)
+    model.eval()
+    _randomise_vectors(model)
+    _spread_logits(model, folder, family)
+    model.save_pretrained(folder)
+    return folder

@@ -1,0 +1,121 @@
+"""XLM-RoBERTa embedders and cross-encoders (BERT, XLM-R) against sentence-transformers on the same weights."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from models import ModelError, load_model
+from service.engine import EmbeddingEngine, EncoderInput
+
+from ..encoder_models import CORPUS, save_cross_encoder, save_xlmr_embedder
+
+pytestmark = pytest.mark.slow
+
+QUERY = "What is the capital of France?"
+TEXTS = CORPUS + ["hi", "x " * 40, "Ünïcödé 🙂 and unknownzzq words", "the capital " * 30]
+
+
+@pytest.fixture(scope="module", params=["mean", "cls"])
+def xlmr_embedder(request, tmp_path_factory):
+    folder = save_xlmr_embedder(tmp_path_factory.mktemp(f"xlmr-{request.param}"), request.param)
+    return folder, load_model(folder)
+
+
+@pytest.fixture(scope="module", params=["bert", "xlm-roberta"])
+def cross_encoder(request, tmp_path_factory, minilm_path):
+    folder = save_cross_encoder(tmp_path_factory.mktemp(f"ce-{request.param}"), request.param, minilm_path)
+    return request.param, folder, load_model(folder)
+
+
+def test_xlmr_embeddings_match_sentence_transformers(xlmr_embedder):
+    from sentence_transformers import SentenceTransformer
+
+    folder, loaded = xlmr_embedder
+    assert loaded.kind == "embed" and loaded.config.position_offset == 2
+    reference = SentenceTransformer(folder, device="cpu")
+    assert loaded.tokenizer.encode_batch(TEXTS) == [reference.tokenizer(t)["input_ids"] for t in TEXTS]
+    ours = EmbeddingEngine(loaded).embed_now(loaded.tokenizer.encode_batch(TEXTS))
+    cos = torch.nn.functional.cosine_similarity(ours, reference.encode(TEXTS, convert_to_tensor=True).float())
+    assert cos.min().item() >= 0.9999, cos
+
+
+def test_xlmr_longest_input_uses_the_last_position(xlmr_embedder):
+    """Positions start at padding_idx + 1 = 2, so 514 position rows hold 512 tokens, not 514."""
+    _, loaded = xlmr_embedder
+    assert loaded.max_model_len == 512
+    ids = [0] + [5] * 510 + [2]
+    vec = EmbeddingEngine(loaded).embed_now([ids])
+    assert torch.isfinite(vec).all()
+
+
+def test_xlmr_batched_equals_one_by_one(xlmr_embedder):
+    _, loaded = xlmr_embedder
+    engine = EmbeddingEngine(loaded)
+    ids = loaded.tokenizer.encode_batch(TEXTS)
+    batch = engine.embed_now(ids)
+    single = torch.cat([engine.embed_now([i]) for i in ids])
+    torch.testing.assert_close(batch, single, atol=1e-5, rtol=0)  # as MiniLM's: float32 GEMM blocking
+
+
+def test_cross_encoder_scores_match_sentence_transformers(cross_encoder):
+    from sentence_transformers import CrossEncoder
+
+    family, folder, loaded = cross_encoder
+    assert loaded.kind == "score" and loaded.config.classifier == ("bert" if family == "bert" else "roberta")
+    pairs = [(QUERY, t) for t in TEXTS]
+    reference = CrossEncoder(folder, device="cpu")
+    expected = torch.tensor(reference.predict(pairs), dtype=torch.float32)
+    encoded = loaded.tokenizer.encode_pairs(pairs)
+    assert [ids for ids, _ in encoded] == [reference.tokenizer(q, t)["input_ids"] for q, t in pairs]
+    ours = EmbeddingEngine(loaded).embed_now([EncoderInput(i, t) for i, t in encoded])[:, 0]
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
+    assert ours.argsort(descending=True).tolist() == expected.argsort(descending=True).tolist()
+    assert expected.max() - expected.min() > 0.1  # the head is spread enough for the order to mean something
+
+
+def test_cross_encoder_batched_equals_one_by_one(cross_encoder):
+    _, _, loaded = cross_encoder
+    engine = EmbeddingEngine(loaded)
+    inputs = [EncoderInput(i, t) for i, t in loaded.tokenizer.encode_pairs([(QUERY, t) for t in TEXTS])]
+    batch = engine.embed_now(inputs)
+    single = torch.cat([engine.embed_now([x]) for x in inputs])
+    # float32 GEMMs on the CPU block differently by row count (last bits of a logit); the head's rescaled
+    # output layer (std 2) turns those into ~1e-5 of a sigmoid score
+    torch.testing.assert_close(batch, single, atol=5e-5, rtol=0)
+
+
+def test_pair_special_tokens(cross_encoder):
+    """BERT: [CLS] a [SEP] b [SEP], segment 1 from b on; XLM-R: <s> a </s></s> b </s>, one segment."""
+    family, _, loaded = cross_encoder
+    tok = loaded.tokenizer
+    (ids, types), = tok.encode_pairs([("a b", "c")])
+    a, c = tok.encode("a b", add_special_tokens=False), tok.encode("c", add_special_tokens=False)
+    if family == "bert":
+        cls, sep = tok.token_id("[CLS]"), tok.token_id("[SEP]")
+        assert ids == [cls, *a, sep, *c, sep]
+        assert types == [0] * (len(a) + 2) + [1] * (len(c) + 1)
+    else:
+        assert ids == [0, *a, 2, 2, *c, 2] and set(types) == {0}
+
+
+def test_truncate_cuts_at_token_ends(cross_encoder):
+    _, _, loaded = cross_encoder
+    tok = loaded.tokenizer
+    text = "Paris is the capital of France."
+    full = tok.encode(text, add_special_tokens=False)
+    for n in (1, 3, len(full), len(full) + 5):
+        cut = tok.truncate(text, n)
+        assert text.startswith(cut)
+        assert tok.encode(cut, add_special_tokens=False) == full[:n]
+
+
+def test_classifiers_with_several_labels_are_refused(tmp_path, minilm_path):
+    folder = save_cross_encoder(tmp_path, "bert", minilm_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["id2label"] = {"0": "neg", "1": "pos"}
+    cfg.pop("num_labels", None)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="2 labels"):
+        load_model(folder)
