@@ -56,7 +56,7 @@ def rope_theta(cfg: dict) -> float:
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    """Llama family (llama, mistral, qwen2) and GPT-2."""
+    """Llama family (llama, mistral, qwen2, qwen3) and GPT-2."""
     arch: str
     vocab_size: int
     hidden_size: int
@@ -69,6 +69,7 @@ class DecoderConfig:
     norm_eps: float
     activation: str
     qkv_bias: bool = False
+    qk_norm: bool = False  # Qwen3: RMSNorm over each head's q and k (weights [head_dim]) before rotary
     tie_word_embeddings: bool = True
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling = field(default_factory=RopeScaling)
@@ -134,6 +135,8 @@ def activation_from_hf(name: str) -> str:
 
 
 def llama_config(cfg: dict) -> DecoderConfig:
+    if cfg.get("use_sliding_window") and cfg.get("sliding_window"):
+        raise ModelError(f"config.json: sliding-window attention ({cfg['sliding_window']} tokens) is not supported yet")
     heads = cfg["num_attention_heads"]
     hidden = cfg["hidden_size"]
     return DecoderConfig(
@@ -144,6 +147,7 @@ def llama_config(cfg: dict) -> DecoderConfig:
         max_position=cfg.get("max_position_embeddings", 4096), norm_eps=cfg.get("rms_norm_eps", 1e-6),
         activation=activation_from_hf(cfg.get("hidden_act", "silu")),
         qkv_bias=cfg["model_type"] == "qwen2" or bool(cfg.get("attention_bias", False)),
+        qk_norm=cfg["model_type"] == "qwen3",
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", cfg["model_type"] != "llama")),
         rope_theta=rope_theta(cfg), rope_scaling=RopeScaling.from_hf(cfg),
     )
@@ -190,7 +194,7 @@ def bert_config(cfg: dict) -> EncoderConfig:
     )
 
 
-CONFIG_READERS = {"llama": llama_config, "mistral": llama_config, "qwen2": llama_config,
+CONFIG_READERS = {"llama": llama_config, "mistral": llama_config, "qwen2": llama_config, "qwen3": llama_config,
                   "gpt2": gpt2_config, "bert": bert_config, "roberta": bert_config, "xlm-roberta": bert_config}
 
 

@@ -1,4 +1,5 @@
-"""Llama-family decoder (Llama, Mistral, Qwen2, SmolLM2): RMSNorm, SwiGLU, RoPE, GQA.
+"""Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, SmolLM2): RMSNorm, SwiGLU, RoPE, GQA; Qwen3 adds an
+RMSNorm over each head's query and key (``q_norm``/``k_norm``) before rotary.
 
 Parameter names follow the Hugging Face checkpoints, except that q/k/v and
 gate/up are stacked into ``qkv_proj`` and ``gate_up_proj`` (one GEMM each).
@@ -20,8 +21,12 @@ RULES = CheckpointRules(
              ("v_proj.weight", "qkv_proj.weight", 2), ("q_proj.bias", "qkv_proj.bias", 0),
              ("k_proj.bias", "qkv_proj.bias", 1), ("v_proj.bias", "qkv_proj.bias", 2),
              ("gate_proj.weight", "gate_up_proj.weight", 0), ("up_proj.weight", "gate_up_proj.weight", 1)),
+    # a checkpoint saved from the bare model (Qwen3-Embedding's) has no "model." prefix
+    renames=((r"^(embed_tokens|layers|norm)\.", r"model.\1."),),
     ignored=(r"rotary_emb\.inv_freq$",),
 )
+# tied embeddings: the head is the embedding matrix; a copy of it in the file (or an embedder's unused head) is skipped
+TIED_RULES = CheckpointRules(RULES.stacked, RULES.renames, RULES.transposed, (*RULES.ignored, r"^lm_head\.weight$"))
 
 
 class LlamaAttention(nn.Module):
@@ -30,13 +35,19 @@ class LlamaAttention(nn.Module):
         self.cfg = cfg
         self.qkv_proj = Linear(cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size, cfg.qkv_bias, dtype)
         self.o_proj = Linear(cfg.q_size, cfg.hidden_size, False, dtype)
+        if cfg.qk_norm:
+            self.q_norm = Norm(cfg.head_dim, cfg.norm_eps, rms=True, bias=False, dtype=dtype)
+            self.k_norm = Norm(cfg.head_dim, cfg.norm_eps, rms=True, bias=False, dtype=dtype)
 
     def forward(self, x, positions, cos_sin, meta: AttentionMetadata, cache: KVCache | None):
         c = self.cfg
         qkv = self.qkv_proj(x)  # [T, (Hq + 2 Hkv) D]
         q, k, v = qkv.split([c.q_size, c.kv_size, c.kv_size], dim=-1)
-        q = q.view(-1, c.num_heads, c.head_dim)
-        k = k.view(-1, c.num_kv_heads, c.head_dim)
+        if c.qk_norm:  # per head: rows of [T * H, D] (one copy out of the strided qkv view; rotary is in place)
+            q = self.q_norm(q.reshape(-1, c.head_dim))
+            k = self.k_norm(k.reshape(-1, c.head_dim))
+        q = q.reshape(-1, c.num_heads, c.head_dim)
+        k = k.reshape(-1, c.num_kv_heads, c.head_dim)
         v = v.view(-1, c.num_kv_heads, c.head_dim)
         kernels.rotary(q, k, positions, cos_sin, neox_style=True)
         o = self_attention(q, k, v, meta, cache, causal=True, scale=None)
@@ -82,11 +93,10 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    rules = RULES
-
     def __init__(self, cfg: DecoderConfig, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.cfg = cfg
+        self.rules = TIED_RULES if cfg.tie_word_embeddings else RULES
         self.model = LlamaModel(cfg, dtype)
         self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, False, dtype)
         self.register_buffer("cos_sin", cfg.cos_sin_cache(), persistent=False)

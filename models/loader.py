@@ -1,6 +1,7 @@
 """Load a model from a Hugging Face folder, a GGUF file, a hub id or a default model name."""
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import logging
@@ -28,7 +29,7 @@ from .weights import iter_safetensors, iter_torch_bin, load_weights, safetensors
 
 log = logging.getLogger("kernelserve.models")
 
-ARCHITECTURES = {"llama": LlamaForCausalLM, "mistral": LlamaForCausalLM, "qwen2": LlamaForCausalLM,
+ARCHITECTURES = {"llama": LlamaForCausalLM, "mistral": LlamaForCausalLM, "qwen2": LlamaForCausalLM, "qwen3": LlamaForCausalLM,
                  "gpt2": GPT2LMHeadModel, "bert": BertModel, "roberta": BertModel, "xlm-roberta": BertModel,
                  "t5": T5ForConditionalGeneration,
                  "bart": BartForConditionalGeneration}
@@ -51,6 +52,9 @@ class LoadedModel:
     eos_token_ids: tuple[int, ...] = ()
     pooling: Pooling | None = None
     quantization: str = "none"  # what the weights run as: "none", "int8", "int4", "gguf:Q4_1", ...
+    # embedding sizes a request's ``dimensions`` may ask for (Matryoshka training): None, not supported;
+    # () any size up to the model's; else the sizes config.json lists
+    matryoshka_dimensions: tuple[int, ...] | None = None
 
     @property
     def kind(self) -> str:
@@ -155,6 +159,9 @@ def _eos_ids(folder: str, hf_cfg: dict, tokenizer: Tokenizer) -> tuple[int, ...]
 def load_folder(folder: str, dtype: torch.dtype, name: str) -> LoadedModel:
     hf_cfg = _read_json(os.path.join(folder, "config.json"))
     cfg = config_from_hf(hf_cfg, os.path.join(folder, "config.json"))
+    decoder_embedder = isinstance(cfg, DecoderConfig) and Pooling.declared(folder)
+    if decoder_embedder:  # pooled hidden states are the output: no LM head is built (nor read)
+        cfg = dataclasses.replace(cfg, tie_word_embeddings=True)
     files = safetensors_files(folder)
     if files:
         tensors = iter_safetensors(files, dtype)
@@ -167,14 +174,23 @@ def load_folder(folder: str, dtype: torch.dtype, name: str) -> LoadedModel:
     total = sum(1 for _ in model.parameters())
     load_weights(model, _progress(tensors, total, name), model.rules, model.shard_sizes())
     tokenizer = Tokenizer.from_folder(folder)
-    pooling = Pooling.from_sentence_transformers(folder) if isinstance(cfg, EncoderConfig) and not cfg.num_labels \
-        else None
+    encoder = isinstance(cfg, EncoderConfig) and not cfg.num_labels
+    pooling = Pooling.from_sentence_transformers(folder) if encoder or decoder_embedder else None
     max_len = cfg.max_tokens if isinstance(cfg, EncoderConfig) else cfg.max_position
     st_cfg = os.path.join(folder, "sentence_bert_config.json")
     if pooling and os.path.exists(st_cfg):
         max_len = min(max_len, _read_json(st_cfg).get("max_seq_length", max_len))
     return LoadedModel(name, folder, model, cfg, tokenizer, dtype, torch.device("cpu"), max_len,
-                       _eos_ids(folder, hf_cfg, tokenizer), pooling)
+                       _eos_ids(folder, hf_cfg, tokenizer), pooling,
+                       matryoshka_dimensions=_matryoshka(hf_cfg) if pooling else None)
+
+
+def _matryoshka(hf_cfg: dict) -> tuple[int, ...] | None:
+    """config.json's ``matryoshka_dimensions`` (the sizes), or ``is_matryoshka: true`` (any size), as vLLM reads them."""
+    dims = hf_cfg.get("matryoshka_dimensions")
+    if dims:
+        return tuple(sorted(int(d) for d in dims))
+    return () if hf_cfg.get("is_matryoshka") else None
 
 
 def _resolve_dtype(dtype: str | torch.dtype, device: str, quantized: bool) -> torch.dtype:

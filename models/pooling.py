@@ -10,12 +10,12 @@ import torch
 
 @dataclass(frozen=True)
 class Pooling:
-    mode: str = "mean"  # mean | cls | max
+    mode: str = "mean"  # mean | cls | max | last (decoder embedders: the last token has seen every other)
     normalize: bool = True
 
     def __post_init__(self):
-        if self.mode not in ("mean", "cls", "max"):
-            raise ValueError(f"pooling mode must be mean, cls or max, got {self.mode!r}")
+        if self.mode not in ("mean", "cls", "max", "last"):
+            raise ValueError(f"pooling mode must be mean, cls, max or last, got {self.mode!r}")
 
     def __call__(self, hidden: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         """hidden [T, H] packed by ``lengths`` -> one float32 vector per sequence [B, H]."""
@@ -24,11 +24,18 @@ class Pooling:
         if self.mode == "cls":
             starts = torch.cumsum(lens, 0) - lens
             pooled = h[starts]
+        elif self.mode == "last":
+            pooled = h[torch.cumsum(lens, 0) - 1]
         elif self.mode == "mean":
             pooled = torch.segment_reduce(h, "sum", lengths=lens, axis=0) / lens[:, None].clamp_min(1)
         else:
             pooled = torch.segment_reduce(h, "max", lengths=lens, axis=0)
         return torch.nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
+
+    @staticmethod
+    def declared(folder: str) -> bool:
+        """Whether the folder is a sentence-transformers model (how a decoder says it is an embedder)."""
+        return os.path.exists(os.path.join(folder, "modules.json"))
 
     @staticmethod
     def from_sentence_transformers(folder: str) -> "Pooling":
@@ -44,7 +51,8 @@ class Pooling:
             if kind.endswith("Pooling"):
                 with open(os.path.join(folder, m.get("path", ""), "config.json")) as f:
                     cfg = json.load(f)
-                mode = "cls" if cfg.get("pooling_mode_cls_token") else "max" if cfg.get("pooling_mode_max_tokens") else "mean"
+                mode = ("cls" if cfg.get("pooling_mode_cls_token") else "max" if cfg.get("pooling_mode_max_tokens")
+                        else "last" if cfg.get("pooling_mode_lasttoken") else "mean")
             elif kind.endswith("Normalize"):
                 normalize = True
         return Pooling(mode, normalize)

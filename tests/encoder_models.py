@@ -140,3 +140,33 @@ def save_cross_encoder(folder, family: str, minilm_path: str | None = None) -> s
     _spread_logits(model, folder, family)
     model.save_pretrained(folder)
     return folder
+
+
+def save_qwen3_embedder(folder, byte_bpe_backend, matryoshka: bool = True) -> str:
+    """Qwen3-Embedding-0.6B's layout shrunk (2 layers, width 256, head_dim 128, GQA 4:2, q/k norms), saved as the
+    real one is: a bare ``Qwen3Model`` checkpoint, last-token pooling + Normalize, a tokenizer whose
+    post-processor appends ``<|endoftext|>`` (SmolLM2's byte-level BPE stands in for Qwen's 151k vocabulary)."""
+    from tokenizers import processors
+    from transformers import Qwen3Config, Qwen3Model
+
+    folder = str(folder)
+    os.makedirs(folder, exist_ok=True)
+    tok = byte_bpe_backend.from_str(byte_bpe_backend.to_str())
+    eos = "<|endoftext|>"
+    tok.post_processor = processors.TemplateProcessing(single=f"$A {eos}", special_tokens=[(eos, tok.token_to_id(eos))])
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "pad_token": eos,
+                   "padding_side": "left", "model_max_length": 512}, f)
+    cfg = Qwen3Config(vocab_size=tok.get_vocab_size(), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=128, max_position_embeddings=512,
+                      rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                      architectures=["Qwen3ForCausalLM"])
+    if matryoshka:
+        cfg.matryoshka_dimensions = [32, 64, 128, 256]
+    torch.manual_seed(3)
+    model = Qwen3Model(cfg).eval()
+    _randomise_vectors(model)
+    model.save_pretrained(folder)
+    _write_sentence_transformers(folder, "lasttoken", True, 512)
+    return folder

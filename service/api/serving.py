@@ -110,6 +110,30 @@ async def start_generation(served: ServedModel, request_id: str, prompt_ids: lis
     return chained()
 
 
+def matryoshka_dimension(served: ServedModel, dimensions: int | None) -> int | None:
+    """The size to cut embeddings to (None: the model's own), or a 400 where the model was not trained for it."""
+    size, allowed = served.loaded.config.hidden_size, served.loaded.matryoshka_dimensions
+    if dimensions is None or dimensions == size:
+        return None
+    if allowed is None:
+        raise bad_request(f"The model `{served.name}` does not support `dimensions` other than its own ({size}): it "
+                          "was not trained for truncated (Matryoshka) embeddings.", "dimensions")
+    if not 1 <= dimensions <= size or (allowed and dimensions not in allowed):
+        sizes = ", ".join(map(str, allowed)) if allowed else f"1 to {size}"
+        raise bad_request(f"dimensions must be one of this model's Matryoshka sizes ({sizes}), got {dimensions}",
+                          "dimensions")
+    return dimensions
+
+
+def truncate_embedding(vector: list[float], size: int, normalize: bool) -> list[float]:
+    """The first ``size`` features, re-normalised to unit length when the model's embeddings are."""
+    head = vector[:size]
+    if not normalize:
+        return head
+    norm = sum(x * x for x in head) ** 0.5
+    return [x / norm for x in head] if norm > 0 else head
+
+
 async def until_disconnect(request: Request, work):
     """Run ``work``; cancel it (aborting the engine requests) if the client disconnects first."""
     task = asyncio.ensure_future(work)
@@ -532,11 +556,10 @@ class OpenAIServing:
                                code="context_length_exceeded", param="input")
             if any(not 0 <= t < vocab for t in seq):
                 raise bad_request(f"input {i}: token ids must be in [0, {vocab})", "input")
-        dim = served.loaded.config.hidden_size
-        if req.dimensions is not None and req.dimensions != dim:
-            raise bad_request(f"The model `{served.name}` does not support `dimensions` other than its own "
-                              f"({dim}): it was not trained for truncated (Matryoshka) embeddings.", "dimensions")
+        dim = matryoshka_dimension(served, req.dimensions)
         vectors = await until_disconnect(request, served.embedder.embed(ids))
+        if dim is not None:
+            vectors = [truncate_embedding(v, dim, served.loaded.pooling.normalize) for v in vectors]
         data = [{"object": "embedding", "index": i,
                  "embedding": base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
                  if req.encoding_format == "base64" else v} for i, v in enumerate(vectors)]

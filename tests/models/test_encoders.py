@@ -119,3 +119,34 @@ def test_classifiers_with_several_labels_are_refused(tmp_path, minilm_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelError, match="2 labels"):
         load_model(folder)
+
+
+@pytest.fixture(scope="module")
+def qwen3_embedder(tmp_path_factory, byte_bpe_tokenizer):
+    from ..encoder_models import save_qwen3_embedder
+
+    folder = save_qwen3_embedder(tmp_path_factory.mktemp("qwen3-emb"), byte_bpe_tokenizer.backend)
+    return folder, load_model(folder)
+
+
+def test_decoder_embedder_matches_sentence_transformers(qwen3_embedder):
+    """A *ForCausalLM folder with sentence-transformers files is an embedder: last-token pooling, normalised."""
+    from sentence_transformers import SentenceTransformer
+
+    folder, loaded = qwen3_embedder
+    assert loaded.kind == "embed" and loaded.pooling.mode == "last" and loaded.model.lm_head is None
+    assert loaded.matryoshka_dimensions == (32, 64, 128, 256)
+    reference = SentenceTransformer(folder, device="cpu")
+    ids = loaded.tokenizer.encode_batch(TEXTS)
+    assert ids == [reference.tokenizer(t)["input_ids"] for t in TEXTS] and {i[-1] for i in ids} == {0}
+    ours = EmbeddingEngine(loaded).embed_now(ids)
+    expected = reference.encode(TEXTS, convert_to_tensor=True).float()
+    cos = torch.nn.functional.cosine_similarity(ours, expected)
+    assert cos.min().item() >= 0.9999, cos
+    batch_single = torch.cat([EmbeddingEngine(loaded).embed_now([i]) for i in ids])
+    torch.testing.assert_close(ours, batch_single, atol=1e-5, rtol=0)
+    # Matryoshka: the first d features re-normalised, as sentence-transformers' truncate_dim then normalising
+    cut = SentenceTransformer(folder, device="cpu", truncate_dim=64).encode(TEXTS, convert_to_tensor=True)
+    cut = torch.nn.functional.normalize(cut.float(), dim=-1)
+    ours_cut = torch.nn.functional.normalize(ours[:, :64], dim=-1)
+    assert torch.nn.functional.cosine_similarity(ours_cut, cut).min().item() >= 0.9999

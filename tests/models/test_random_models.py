@@ -13,7 +13,7 @@ PROMPTS = [[5, 17, 912, 4, 4, 87], [300], list(range(100, 129)), [7, 7, 7, 7, 7,
 
 
 def llama_family(kind):
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
     common = dict(vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
                   num_attention_heads=4, max_position_embeddings=512, rms_norm_eps=1e-5)
@@ -25,6 +25,9 @@ def llama_family(kind):
                                          "high_freq_factor": 4.0, "original_max_position_embeddings": 64}, **common)
     if kind == "qwen2-bias":
         return Qwen2Config(num_key_value_heads=2, tie_word_embeddings=True, **common)
+    if kind == "qwen3":  # Qwen3-0.6B's layout: head_dim 128 decoupled from hidden / heads, q/k norms, GQA
+        return Qwen3Config(num_key_value_heads=2, head_dim=128, tie_word_embeddings=True, rope_theta=1000000.0,
+                           **{**common, "rms_norm_eps": 1e-6})
     return MistralConfig(num_key_value_heads=2, sliding_window=None, **common)
 
 
@@ -49,7 +52,7 @@ def save_random(cfg, folder, tokenizer):
     return model
 
 
-@pytest.fixture(scope="module", params=["llama-gqa", "llama3-scaled", "qwen2-bias", "mistral", "gpt2"])
+@pytest.fixture(scope="module", params=["llama-gqa", "llama3-scaled", "qwen2-bias", "qwen3", "mistral", "gpt2"])
 def random_decoder(request, tmp_path_factory, byte_bpe_tokenizer):
     folder = tmp_path_factory.mktemp(request.param)
     cfg = gpt2_config() if request.param == "gpt2" else llama_family(request.param)

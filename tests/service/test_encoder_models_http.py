@@ -1,6 +1,7 @@
-"""/v1/rerank (and /rerank, /v2/rerank) and /v1/score against a live server: cross-encoders (XLM-R, BERT) scored
-as sentence-transformers scores them, embedding models by cosine similarity, the error rules, metrics, the
-Cohere SDK, and a LangChain retrieval pipeline (embeddings, vector store, then rerank through the endpoint)."""
+"""Encoder models on a live server. /v1/rerank (and /rerank, /v2/rerank) and /v1/score: cross-encoders (XLM-R,
+BERT) scored as sentence-transformers scores them, embedding models by cosine similarity, the error rules,
+metrics, the Cohere SDK, and a LangChain retrieval pipeline (embeddings, vector store, then rerank through the
+endpoint). /v1/embeddings from a decoder embedder (Qwen3-Embedding layout) with Matryoshka ``dimensions``."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from ..conftest import API_KEY, MINILM, SMOLLM, Server
-from ..encoder_models import save_cross_encoder, save_xlmr_embedder
+from ..encoder_models import save_cross_encoder, save_qwen3_embedder, save_xlmr_embedder
 
 pytestmark = pytest.mark.slow
 
@@ -20,10 +21,11 @@ DOCS = ["Paris is the capital of France.", "Le chat est sur la table.", "Berlin 
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory, minilm_path):
+def folders(tmp_path_factory, minilm_path, smollm):
     root = tmp_path_factory.mktemp("rerank")
     return {"emb": save_xlmr_embedder(root / "emb"), "rr": save_cross_encoder(root / "rr", "xlm-roberta"),
-            "rr-bert": save_cross_encoder(root / "rr-bert", "bert", minilm_path)}
+            "rr-bert": save_cross_encoder(root / "rr-bert", "bert", minilm_path),
+            "qwen3-emb": save_qwen3_embedder(root / "qwen3-emb", smollm.tokenizer.backend)}
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +151,7 @@ def test_model_routing(rhttp):
     assert unnamed.status_code == 400 and unnamed.json()["error"]["param"] == "model"  # two cross-encoders here
     cards = {m["id"]: m["capabilities"] for m in rhttp.get("/v1/models").json()["data"]}
     assert cards == {"emb": ["embeddings", "rerank", "score"], "rr": ["rerank", "score"],
-                     "rr-bert": ["rerank", "score"]}
+                     "rr-bert": ["rerank", "score"], "qwen3-emb": ["embeddings", "rerank", "score"]}
 
 
 def test_metrics_count_requests_and_batches(rhttp, rerank_server):
@@ -209,3 +211,24 @@ def test_readme_curl_examples_answer_as_shown(http):
         answer = http.post(path, json=json.loads(body)).json()
         score = answer["results"][0]["relevance_score"] if path == "/v1/rerank" else answer["data"][0]["score"]
         assert f"{score:.3f}" in shown, (answer, shown)
+
+
+def test_decoder_embedder_with_matryoshka_dimensions(rerank_server, folders):
+    import openai
+    from sentence_transformers import SentenceTransformer
+
+    client = openai.OpenAI(base_url=rerank_server.url + "/v1", api_key=API_KEY, max_retries=0)
+    full = SentenceTransformer(folders["qwen3-emb"], device="cpu").encode(DOCS, convert_to_tensor=True).float()
+    got = torch.tensor([d.embedding for d in client.embeddings.create(model="qwen3-emb", input=DOCS).data])
+    assert torch.nn.functional.cosine_similarity(got, full).min().item() >= 0.9999
+    for size in (32, 128):
+        cut = torch.tensor([d.embedding for d in
+                            client.embeddings.create(model="qwen3-emb", input=DOCS, dimensions=size).data])
+        assert cut.shape == (len(DOCS), size)
+        torch.testing.assert_close(cut.norm(dim=-1), torch.ones(len(DOCS)), atol=1e-6, rtol=0)
+        expected = torch.nn.functional.normalize(full[:, :size], dim=-1)
+        assert torch.nn.functional.cosine_similarity(cut, expected).min().item() >= 0.9999
+    with pytest.raises(openai.BadRequestError, match="Matryoshka sizes .32, 64, 128, 256."):
+        client.embeddings.create(model="qwen3-emb", input="x", dimensions=100)
+    with pytest.raises(openai.BadRequestError, match="not trained for truncated"):
+        client.embeddings.create(model="emb", input="x", dimensions=64)
