@@ -211,7 +211,7 @@ def config_from_hf(cfg: dict, source: str = "config.json"):
 
 @dataclass(frozen=True)
 class EncoderDecoderConfig:
-    """T5 and BART."""
+    """T5, BART and M2M100 / NLLB."""
     arch: str
     vocab_size: int
     hidden_size: int
@@ -231,6 +231,7 @@ class EncoderDecoderConfig:
     scale_embedding: bool = False  # BART
     decoder_start_token_id: int = 0
     eos_token_id: int = 1
+    pad_token_id: int = 1  # M2M100: its sinusoidal positions start after the padding index
 
     @property
     def num_kv_heads(self) -> int:
@@ -276,4 +277,20 @@ def bart_config(cfg: dict) -> EncoderDecoderConfig:
     )
 
 
-CONFIG_READERS.update({"t5": t5_config, "bart": bart_config})
+def m2m100_config(cfg: dict) -> EncoderDecoderConfig:
+    heads = cfg["decoder_attention_heads"]
+    if cfg["encoder_attention_heads"] != heads or cfg["encoder_ffn_dim"] != cfg["decoder_ffn_dim"]:
+        raise ModelError("config.json: M2M100 with different encoder and decoder widths is not supported")
+    return EncoderDecoderConfig(
+        arch="m2m_100", vocab_size=cfg["vocab_size"], hidden_size=cfg["d_model"],
+        num_encoder_layers=cfg["encoder_layers"], num_layers=cfg["decoder_layers"], num_heads=heads,
+        head_dim=cfg["d_model"] // heads, intermediate_size=cfg["decoder_ffn_dim"], norm_eps=1e-5,
+        activation=activation_from_hf(cfg.get("activation_function", "relu")),
+        max_position=cfg["max_position_embeddings"], tie_word_embeddings=cfg.get("tie_word_embeddings", True),
+        scale_embedding=bool(cfg.get("scale_embedding", True)),
+        decoder_start_token_id=cfg.get("decoder_start_token_id", 2), eos_token_id=cfg.get("eos_token_id", 2),
+        pad_token_id=cfg.get("pad_token_id", 1),
+    )
+
+
+CONFIG_READERS.update({"t5": t5_config, "bart": bart_config, "m2m_100": m2m100_config})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import json
 import logging
@@ -22,9 +23,11 @@ from .cross_encoder import ForSequenceClassification
 from .gpt2 import GPT2LMHeadModel
 from .layers import QuantizedLinear, quantize_linears
 from .llama import LlamaForCausalLM
+from .m2m100 import M2M100ForConditionalGeneration
 from .pooling import Pooling
 from .t5 import T5ForConditionalGeneration
 from .tokenizer import Tokenizer
+from .translation import language_codes
 from .weights import iter_safetensors, iter_torch_bin, load_weights, safetensors_files
 
 log = logging.getLogger("kernelserve.models")
@@ -32,7 +35,7 @@ log = logging.getLogger("kernelserve.models")
 ARCHITECTURES = {"llama": LlamaForCausalLM, "mistral": LlamaForCausalLM, "qwen2": LlamaForCausalLM, "qwen3": LlamaForCausalLM,
                  "gpt2": GPT2LMHeadModel, "bert": BertModel, "roberta": BertModel, "xlm-roberta": BertModel,
                  "t5": T5ForConditionalGeneration,
-                 "bart": BartForConditionalGeneration}
+                 "bart": BartForConditionalGeneration, "m2m_100": M2M100ForConditionalGeneration}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # auto: keep a GGUF's quantized blocks, full precision for safetensors; none: dequantise everything;
 # int8 / int4: round-to-nearest group-wise weight-only quantisation at load (decoders)
@@ -67,6 +70,11 @@ class LoadedModel:
     @property
     def is_encoder_decoder(self) -> bool:
         return isinstance(self.config, EncoderDecoderConfig)
+
+    @functools.cached_property
+    def languages(self) -> dict[str, int]:
+        """A translation model's language codes (token ids), {} for every other model."""
+        return language_codes(self.tokenizer) if self.is_encoder_decoder else {}
 
 
 def default_model_sources() -> dict[str, str]:

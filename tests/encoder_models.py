@@ -170,3 +170,42 @@ def save_qwen3_embedder(folder, byte_bpe_backend, matryoshka: bool = True) -> st
     model.save_pretrained(folder)
     _write_sentence_transformers(folder, "lasttoken", True, 512)
     return folder
+
+
+NLLB_LANGUAGES = ["eng_Latn", "fra_Latn", "deu_Latn", "spa_Latn", "zho_Hans"]
+
+
+def nllb_tokenizer():
+    """NLLB's tokenizer.json structure: SentencePiece pieces after ``<s> <pad> </s> <unk>``, the FLORES-200 language
+    codes as special tokens after them, ``<mask>`` last, and a post-processor writing ``eng_Latn text </s>``."""
+    from tokenizers import processors
+
+    tok = unigram_tokenizer()
+    tok.add_special_tokens([*NLLB_LANGUAGES])
+    tok.add_special_tokens(["<mask>"])
+    eng = tok.token_to_id("eng_Latn")
+    tok.post_processor = processors.TemplateProcessing(
+        single="eng_Latn $A </s>", pair="eng_Latn $A $B </s>", special_tokens=[("eng_Latn", eng), ("</s>", 2)])
+    return tok
+
+
+def save_nllb(folder, seed: int = 0):
+    """facebook/nllb-200-distilled-600M's config shrunk (2 + 2 layers, width 256, head_dim 64) with larger random
+    weights (fresh ones give nearly tied beams), and its tokenizer's structure. Returns (folder, transformers model)."""
+    from transformers import M2M100Config, M2M100ForConditionalGeneration
+
+    folder = str(folder)
+    os.makedirs(folder, exist_ok=True)
+    tok = nllb_tokenizer()
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    cfg = M2M100Config(vocab_size=tok.get_vocab_size(), d_model=256, encoder_layers=2, decoder_layers=2,
+                       encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512,
+                       max_position_embeddings=128, scale_embedding=True, activation_function="relu",
+                       decoder_start_token_id=2, eos_token_id=2, bos_token_id=0, pad_token_id=1)
+    torch.manual_seed(seed)
+    model = M2M100ForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3 if p.dim() > 1 else 0.1)
+    model.save_pretrained(folder)
+    return folder, model

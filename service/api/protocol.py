@@ -71,6 +71,9 @@ class SamplingFields(OpenAIModel):
     prompt_logprobs: Optional[int] = None
     priority: int = 0
     request_id: Optional[str] = Field(None, min_length=1, max_length=256)
+    # translation models (NLLB, M2M100): language codes such as "fra_Latn" (see translation.py)
+    source_lang: Optional[str] = None
+    target_lang: Optional[str] = None
     # structured outputs: OpenAI's response_format, vLLM's structured_outputs and guided_* (see structured.py)
     response_format: Optional[dict[str, Any]] = None
     structured_outputs: Optional[dict[str, Any]] = None

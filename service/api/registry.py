@@ -26,9 +26,9 @@ class ServedModel:
     def max_model_len(self) -> int:
         return self.engine.engine.max_model_len if self.engine else self.loaded.max_model_len
 
-    def default_max_tokens(self, prompt_len: int, width: int = 1) -> int:
+    def default_max_tokens(self, prompt_len: int, width: int = 1, forced: int = 0) -> int:
         """max_tokens when a request gives none: the room its context and the KV cache leave."""
-        return self.engine.engine.max_tokens_room(prompt_len, width)
+        return self.engine.engine.max_tokens_room(prompt_len, width, forced)
 
     @property
     def dead(self) -> bool:

@@ -25,6 +25,7 @@ from .registry import ModelRegistry, ServedModel
 from .structured import request_grammar
 from .templates import TemplateRendering
 from .tools import ToolPlan
+from .translation import forced_languages, source_ids, with_forced
 
 FINGERPRINT = f"kernelserve-{__version__}"
 
@@ -320,13 +321,15 @@ class OpenAIServing:
             raise bad_request("a forced tool_choice and a structured-output format cannot be combined",
                               "tool_choice")
         tok = served.loaded.tokenizer
+        forced = forced_languages(served, req)
         text, prompt_ids = await chat_prompt(tok, req, self.rendering, served.loaded.is_encoder_decoder, plan.offered)
+        prompt_ids = source_ids(served, req, prompt_ids)
         requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        room = served.default_max_tokens(len(prompt_ids), _width(req))
+        room = served.default_max_tokens(len(prompt_ids), _width(req), len(forced))
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        params = to_sampling_params(req, max_tokens=requested, default_max=room, logprobs=logprobs,
-                                    vocab=served.loaded.config.vocab_size, grammar=plan.grammar or grammar,
-                                    tokenizer=tok)
+        params = with_forced(to_sampling_params(req, max_tokens=requested, default_max=room, logprobs=logprobs,
+                                                vocab=served.loaded.config.vocab_size,
+                                                grammar=plan.grammar or grammar, tokenizer=tok), forced)
         await check_grammar(served, params)
         return served, text, prompt_ids, params, plan
 
@@ -416,7 +419,8 @@ class OpenAIServing:
         if req.suffix:
             raise bad_request("suffix (fill-in-the-middle) is not supported yet", "suffix", "unsupported_parameter")
         tok = served.loaded.tokenizer
-        prompts = completion_prompts(tok, req.prompt)
+        forced = forced_languages(served, req)
+        prompts = [(text, source_ids(served, req, ids)) for text, ids in completion_prompts(tok, req.prompt)]
         base_id = make_id("cmpl", req.request_id)
         grammar = request_grammar(req)
         # echo with max_tokens 0 scores the prompt without generating (lm-eval's loglikelihood requests): the
@@ -426,9 +430,10 @@ class OpenAIServing:
         streams, metas = [], []
         try:
             for i, (text, ids) in enumerate(prompts):
-                room = served.default_max_tokens(len(ids), _width(req))
-                params = to_sampling_params(req, max_tokens=requested, default_max=room, logprobs=req.logprobs,
-                                            vocab=served.loaded.config.vocab_size, grammar=grammar, tokenizer=tok)
+                room = served.default_max_tokens(len(ids), _width(req), len(forced))
+                params = with_forced(to_sampling_params(req, max_tokens=requested, default_max=room,
+                                                        logprobs=req.logprobs, vocab=served.loaded.config.vocab_size,
+                                                        grammar=grammar, tokenizer=tok), forced)
                 if req.echo and req.logprobs is not None:  # the echoed prompt's logprobs, as many alternatives
                     params = replace(params, prompt_logprobs=max(req.logprobs, req.prompt_logprobs or 0))
                 if i == 0:

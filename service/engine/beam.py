@@ -44,6 +44,9 @@ class BeamState:
     rows: dict[int, torch.Tensor] = field(default_factory=dict)  # seq_id -> log-probs waiting for the group
     finished: list[Hypothesis] = field(default_factory=list)
     generated: int = 0
+    # tokens forced after the decoder's start (a target language): transformers counts them as generated in the
+    # length normalisation, so they are added to every length here
+    forced: int = 0
     improvable: bool = True
     done: bool = False
 
@@ -75,7 +78,7 @@ class BeamState:
             for c in cands[: self.width]:
                 if c.ends:
                     tokens = [*c.parent.output_token_ids, c.token]
-                    score = c.logprob / (length ** self.params.length_penalty)
+                    score = c.logprob / ((length + self.forced) ** self.params.length_penalty)
                     self.finished.append(Hypothesis(score, tokens, c.token in self.stop_ids))
             self.finished = sorted(self.finished, key=lambda h: -h.score)[: self.width]
         running = [c for c in cands if not c.ends][: self.width]
@@ -90,7 +93,7 @@ class BeamState:
         if len(self.finished) < self.width or not running:
             return  # an open slot can always still be filled
         p = self.params
-        length = (p.max_tokens if p.early_stopping == "never" and p.length_penalty > 0 else self.generated)
+        length = (p.max_tokens if p.early_stopping == "never" and p.length_penalty > 0 else self.generated) + self.forced
         best_possible = running[0].logprob / (length ** p.length_penalty)
         self.improvable = self.improvable and best_possible > self.finished[-1].score
 

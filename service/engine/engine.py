@@ -108,7 +108,7 @@ class LLMEngine:
         now = time.monotonic()
         count = 1 if params.use_beam_search else params.n  # beams grow from one sequence
         if self.loaded.is_encoder_decoder:  # the prompt feeds the encoder; the decoder starts from its start token
-            start = [self.loaded.config.decoder_start_token_id]
+            start = self._decoder_start(params)
             seqs = [Sequence(request_id, i, list(start), params, now, encoder_token_ids=list(prompt_token_ids))
                     for i in range(count)]
         else:
@@ -121,17 +121,25 @@ class LLMEngine:
         beam = None
         if params.use_beam_search:
             stops = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_ids)
-            beam = BeamState(params, stops, scores={seqs[0].seq_id: 0.0})
+            beam = BeamState(params, stops, scores={seqs[0].seq_id: 0.0}, forced=len(params.forced_token_ids))
         self.requests[request_id] = Request(request_id, list(prompt_token_ids), params, seqs, texts,
                                             RequestTimes(now), beam=beam)
         for s in seqs:
             self.scheduler.add(s)
         self.counters.prompt_tokens += len(prompt_token_ids)
 
+    def _decoder_start(self, params: SamplingParams) -> list[int]:
+        """An encoder-decoder's first decoder tokens: its start token, then any forced ones (a target language)."""
+        return [self.loaded.config.decoder_start_token_id, *params.forced_token_ids]
+
     def _check_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         if not prompt_token_ids:
             raise RequestError("the prompt is empty", param="prompt")
         vocab = self.loaded.config.vocab_size
+        if params.forced_token_ids and not self.loaded.is_encoder_decoder:
+            raise RequestError("forced decoder tokens need an encoder-decoder model", param="target_lang")
+        if any(not 0 <= t < vocab for t in params.forced_token_ids):
+            raise RequestError(f"forced token ids must be in [0, {vocab})", param="target_lang")
         if any(not 0 <= t < vocab for t in prompt_token_ids):
             raise RequestError(f"prompt token ids must be in [0, {vocab})", param="prompt")
         if any(not 0 <= t < vocab for t, _ in params.logit_bias):  # the sampler adds them at row * vocab + t
@@ -162,10 +170,11 @@ class LLMEngine:
             except GrammarError as err:
                 raise RequestError(str(err), param=err.param) from None
 
-    def max_tokens_room(self, prompt_len: int, width: int = 1) -> int:
+    def max_tokens_room(self, prompt_len: int, width: int = 1, forced: int = 0) -> int:
         """The most tokens a request may generate: what its context leaves, and what ``width``
-        sequences of it can hold together in the KV cache (the default ``max_tokens``)."""
-        used = 1 if self.loaded.is_encoder_decoder else prompt_len
+        sequences of it can hold together in the KV cache (the default ``max_tokens``). An encoder-decoder's
+        decoder holds its start token and ``forced`` tokens (a target language) before them."""
+        used = 1 + forced if self.loaded.is_encoder_decoder else prompt_len
         context = self.max_model_len - used
         share = (self.block_manager.num_blocks // max(1, width)) * self.config.block_size - used
         return max(1, min(context, share))
@@ -177,7 +186,8 @@ class LLMEngine:
         schedules a request's sequences together): width x (prompt + max_tokens)
         tokens, in blocks, must fit the whole cache, or the request would wait forever.
         """
-        tokens = (1 if self.loaded.is_encoder_decoder else prompt_len) + params.max_tokens
+        start = len(self._decoder_start(params)) if self.loaded.is_encoder_decoder else prompt_len
+        tokens = start + params.max_tokens
         per_seq = -(-tokens // self.config.block_size)
         capacity = self.block_manager.num_blocks
         if width * per_seq > capacity:
@@ -192,8 +202,9 @@ class LLMEngine:
         if len(prompt_token_ids) > limit:
             raise RequestError(f"This model's maximum input length is {limit} tokens; the input has "
                                f"{len(prompt_token_ids)}.", code="context_length_exceeded", param="messages")
-        if params.max_tokens + 1 > self.max_model_len:
-            raise RequestError(f"max_tokens must be below {self.max_model_len} for this model",
+        start = len(self._decoder_start(params))
+        if params.max_tokens + start > self.max_model_len:
+            raise RequestError(f"max_tokens must be at most {self.max_model_len - start} for this model",
                                code="context_length_exceeded", param="max_tokens")
 
     def abort(self, request_id: str) -> RequestOutput | None:

@@ -41,6 +41,9 @@ class SamplingParams:
     # (lower runs first)
     prompt_logprobs: int | None = None
     priority: int = 0
+    # encoder-decoders: tokens the decoder is given after its start token, as transformers' forced_bos_token_id
+    # forces them (a translation model's target language); not returned, counted in beam lengths as transformers does
+    forced_token_ids: tuple[int, ...] = ()
 
     def __post_init__(self):
         checks = [

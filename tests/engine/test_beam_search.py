@@ -16,7 +16,7 @@ BEAMS = SamplingParams(use_beam_search=True, beam_width=4, n=2, max_tokens=12, t
 def hf_beams(hf, ids, max_new, n, **extra):
     with torch.no_grad():
         out = hf.generate(torch.tensor([ids]), max_new_tokens=max_new, num_beams=4, num_return_sequences=n,
-                          do_sample=False, length_penalty=1.0, early_stopping=False, no_repeat_ngram_size=0, **extra)
+                          do_sample=False, **{"length_penalty": 1.0, "early_stopping": False, "no_repeat_ngram_size": 0, **extra})
     return out
 
 
@@ -91,3 +91,47 @@ def test_forked_beams_copy_on_write_keeps_blocks_consistent():
     bm.free_sequence(parent)
     bm.free_sequence(child)
     assert bm.num_free_blocks == 8
+
+
+def test_forced_target_language_beam_search_matches_transformers(tmp_path):
+    """NLLB's target language forced after the decoder start: the same beams and order as generate with
+    forced_bos_token_id, whose length normalisation counts the forced token."""
+    from dataclasses import replace
+
+    from models import load_model
+    from models.translation import language_codes
+
+    from ..encoder_models import CORPUS, save_nllb
+
+    folder, hf = save_nllb(tmp_path, seed=4)
+    ours = load_model(folder)
+    target = language_codes(ours.tokenizer)["fra_Latn"]
+    prompts = [ours.tokenizer.encode(t) for t in CORPUS[:6]]
+    engine = LLMEngine(ours, EngineConfig(max_num_batched_tokens=64))
+    for early in (False, True, "never"):
+        params = replace(BEAMS, forced_token_ids=(target,), early_stopping=early, length_penalty=0.5)
+        for ids, out in zip(prompts, engine.generate(prompts, params)):
+            ref = hf_beams(hf, ids, 13, 2, forced_bos_token_id=target, pad_token_id=1, early_stopping=early,
+                           length_penalty=0.5)
+            expected = [row[2:].tolist() for row in ref]
+            assert ref[:, 1].tolist() == [target, target]
+            got = [o.token_ids + [1] * (len(expected[0]) - len(o.token_ids)) for o in out]
+            assert got == expected, early
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+def test_forced_tokens_count_in_beam_lengths():
+    """A hypothesis ending at the first step after one forced token is scored logprob / 2 ** length_penalty (its
+    generated length counts the forced token, as transformers' does), not logprob / 1."""
+    from types import SimpleNamespace
+
+    from service.engine.beam import BeamState
+
+    params = SamplingParams(use_beam_search=True, beam_width=2, max_tokens=8, length_penalty=2.0)
+    logprobs = torch.log_softmax(torch.tensor([3.0, 2.0, 1.0, -5.0]), -1)  # token 0 (the stop token) best
+    for forced, length in ((0, 1), (1, 2)):
+        state = BeamState(params, stop_ids={0}, scores={7: 0.0}, forced=forced)
+        state.rows[7] = logprobs
+        state.advance([SimpleNamespace(seq_id=7, output_token_ids=[])])
+        assert state.finished[0].token_ids == [0]
+        assert state.finished[0].score == pytest.approx(float(logprobs[0]) / length ** 2.0)

@@ -150,3 +150,19 @@ def test_decoder_embedder_matches_sentence_transformers(qwen3_embedder):
     cut = torch.nn.functional.normalize(cut.float(), dim=-1)
     ours_cut = torch.nn.functional.normalize(ours[:, :64], dim=-1)
     assert torch.nn.functional.cosine_similarity(ours_cut, cut).min().item() >= 0.9999
+
+
+def test_nllb_language_codes_and_source_swap():
+    from models.tokenizer import Tokenizer
+    from models.translation import language_codes, with_source_language
+
+    from ..encoder_models import NLLB_LANGUAGES, nllb_tokenizer
+
+    tok = Tokenizer(nllb_tokenizer())
+    codes = language_codes(tok)
+    assert sorted(codes) == sorted(NLLB_LANGUAGES)
+    ids = tok.encode("Paris is the capital of France.")
+    assert ids[0] == codes["eng_Latn"] and ids[-1] == 2
+    swapped = with_source_language(ids, codes, codes["fra_Latn"])
+    assert swapped == [codes["fra_Latn"], *ids[1:]]
+    assert with_source_language(ids[1:-1], codes, codes["fra_Latn"]) is None

@@ -66,3 +66,84 @@ def test_structured_output_on_the_encoder_decoder(t5_server):
                                              response_format=Reading, max_tokens=120, seed=seed)
         assert done.choices[0].finish_reason == "stop"
         assert isinstance(done.choices[0].message.parsed, Reading)
+
+
+@pytest.fixture(scope="module")
+def nllb_server(tmp_path_factory):
+    from ..encoder_models import save_nllb
+
+    folder, hf = save_nllb(tmp_path_factory.mktemp("nllb-served"))
+    server = Server("--model", f"nllb-test={folder}")
+    yield server, hf, folder
+    server.stop()
+
+
+def _nllb_reference(hf, ids: list[int], target: int, max_tokens: int, beams: int = 1) -> list[int]:
+    """transformers' generate with the target language forced as the first new token (counted in max_new_tokens),
+    the decoder start and the language code dropped from what it returns."""
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([ids]), forced_bos_token_id=target, max_new_tokens=max_tokens + 1,
+                          do_sample=False, num_beams=beams, early_stopping=False, length_penalty=1.0)[0].tolist()
+    assert out[:2] == [hf.config.decoder_start_token_id, target]
+    return [t for t in out[2:] if t not in (hf.config.eos_token_id, hf.config.pad_token_id)]
+
+
+def test_translation_with_target_and_source_languages(nllb_server):
+    from models.tokenizer import Tokenizer
+    from models.translation import language_codes
+
+    server, hf, folder = nllb_server
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    tok = Tokenizer.from_folder(folder)
+    codes = language_codes(tok)
+    text = "Paris is the capital of France."
+    for source, target in (("eng_Latn", "fra_Latn"), ("deu_Latn", "zho_Hans")):
+        ids = [codes[source], *tok.encode(text)[1:]]
+        ref = _nllb_reference(hf, ids, codes[target], 10)
+        done = client.completions.create(model="nllb-test", prompt=text, max_tokens=10, temperature=0,
+                                         extra_body={"target_lang": target, "source_lang": source},
+                                         logprobs=0)
+        assert done.choices[0].logprobs.tokens == [tok.decode([t], skip_special_tokens=False) for t in ref]
+        chat = client.chat.completions.create(model="nllb-test", messages=[{"role": "user", "content": text}],
+                                              max_tokens=10, temperature=0,
+                                              extra_body={"target_lang": target, "source_lang": source})
+        assert chat.choices[0].message.content == done.choices[0].text == tok.decode(ref)
+        assert chat.usage.prompt_tokens == len(ids)
+        streamed = "".join(c.choices[0].text for c in client.completions.create(
+            model="nllb-test", prompt=text, max_tokens=10, temperature=0, stream=True,
+            extra_body={"target_lang": target, "source_lang": source}) if c.choices)
+        assert streamed == tok.decode(ref)
+
+
+def test_translation_beam_search_matches_generate(nllb_server):
+    from models.tokenizer import Tokenizer
+    from models.translation import language_codes
+
+    server, hf, folder = nllb_server
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    tok = Tokenizer.from_folder(folder)
+    target = language_codes(tok)["spa_Latn"]
+    for text in ("The cat is on the table.", "Machine learning is fun."):
+        ref = _nllb_reference(hf, tok.encode(text), target, 12, beams=4)
+        done = client.completions.create(model="nllb-test", prompt=text, max_tokens=12, temperature=0,
+                                         extra_body={"target_lang": "spa_Latn", "use_beam_search": True,
+                                                     "best_of": 4})
+        assert len(ref) > 3 and done.choices[0].text == tok.decode(ref)
+
+
+def test_translation_language_errors(nllb_server, t5_server):
+    server, _, _ = nllb_server
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    cases = [({}, "target_lang"), ({"target_lang": "xx_Yyyy"}, "target_lang"),
+             ({"target_lang": "fra_Latn", "source_lang": "klingon"}, "source_lang")]
+    for extra, param in cases:
+        with pytest.raises(openai.BadRequestError) as err:
+            client.completions.create(model="nllb-test", prompt="hello", max_tokens=4, extra_body=extra)
+        assert err.value.body["param"] == param
+    with pytest.raises(openai.BadRequestError) as err:  # token ids without a language code: nothing to replace
+        client.completions.create(model="nllb-test", prompt=[5, 6, 7], max_tokens=4,
+                                  extra_body={"target_lang": "fra_Latn", "source_lang": "deu_Latn"})
+    assert err.value.body["param"] == "source_lang"
+    t5 = openai.OpenAI(base_url=t5_server[0].url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="not a multilingual translation model"):
+        t5.completions.create(model="t5-test", prompt="hello", max_tokens=4, extra_body={"target_lang": "fra_Latn"})
