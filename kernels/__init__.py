@@ -38,7 +38,8 @@ __all__ = [
 
 
 def attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int, *,
-              causal: bool, scale: float | None = None, position_bias=None) -> torch.Tensor:
+              causal: bool, scale: float | None = None, position_bias=None,
+              window: tuple[int, int] | None = None) -> torch.Tensor:
     """Fused SDPA over a packed variable-length batch.
 
     q ``[total_q, Hq, D]``, k/v ``[total_k, Hkv, D]`` with ``Hq % Hkv == 0``;
@@ -46,11 +47,14 @@ def attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen
     Returns ``[total_q, Hq, D]`` in q's dtype. ``scale`` defaults to ``D**-0.5``.
     ``position_bias`` (float32 ``[Hq, 2R+1]``, optional) adds
     ``position_bias[h, clamp(key_pos - query_pos, -R, R) + R]`` to each score
-    (T5's relative attention bias).
+    (T5's relative attention bias). ``window = (left, right)`` (optional) is a
+    sliding window: the query at position ``p`` sees keys ``p - left`` to ``p + right``
+    only (Mistral/Gemma's causal window of W tokens is ``(W - 1, 0)``; ModernBERT's
+    local layers ``(64, 64)``).
     """
     fn = _pick(attention_triton, attention_ref, q)
     return fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal, scale=scale,
-              position_bias=position_bias)
+              position_bias=position_bias, window=window)
 
 
 def paged_attention(q, k_cache, v_cache, block_tables, seq_lens, *, scale: float | None = None,

@@ -94,15 +94,16 @@ def _attention_variants() -> Iterator[Variant]:
     for (block_d, torch_dtype, bias), cfg in flash_attention.all_attention_configs().items():
         dt = next(k for k, v in DTYPE_OF.items() if v == str(torch_dtype).split(".")[-1])
         for head_dim in sorted({block_d, 80 if block_d == 128 else block_d}):
-            for causal in (True, False):
-                if bias and not causal:
-                    continue  # bias variants: the causal kernel (the bidirectional one differs only in masks)
+            for causal, window in ((True, False), (False, False), (True, True), (False, True)):
+                if bias and (not causal or window):
+                    continue  # bias variants: the causal kernel (the others differ only in masks)
                 args = {n: "i32" for n in fn.arg_names if n.startswith("stride")}
                 args.update(Q=f"*{dt}", K=f"*{dt}", V=f"*{dt}", O=f"*{dt}", cu_seqlens_q="*i32",
-                            cu_seqlens_k="*i32", total_q="i32", total_k="i32", Bias="*fp32", qk_scale="fp32", bias_radius="i32", GROUP=4,
+                            cu_seqlens_k="*i32", total_q="i32", total_k="i32", Bias="*fp32", qk_scale="fp32",
+                            bias_radius="i32", window_left="i32", window_right="i32", GROUP=4,
                             HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                            CAUSAL=causal, HAS_BIAS=bias)
-                yield Variant(f"attention d={head_dim} {dt} causal={causal} bias={bias}", fn, args,
+                            CAUSAL=causal, HAS_BIAS=bias, WINDOW=window)
+                yield Variant(f"attention d={head_dim} {dt} causal={causal} bias={bias} window={window}", fn, args,
                               cfg.num_warps, cfg.num_stages)
 
 

@@ -7,8 +7,11 @@ fp32 (the "online softmax"). Scores are pre-multiplied by ``scale * log2(e)``
 so the exponentials are ``exp2``.
 
 Causal masks are bottom-right aligned: with ``Lq`` queries and ``Lk`` keys,
-query ``i`` sees key ``j`` iff ``j <= i + Lk - Lq``. A query that sees no key
-(possible when ``Lq > Lk``) gets a zero output.
+query ``i`` sits at position ``p = i + Lk - Lq`` and sees key ``j`` iff ``j <= p``.
+A sliding window ``(left, right)`` (FlashAttention's ``window_size``) also
+requires ``p - left <= j <= p + right``: key blocks wholly outside it are
+skipped, so a layer's cost grows with the window, not the sequence. A query
+that sees no key (possible when ``Lq > Lk``) gets a zero output.
 """
 from __future__ import annotations
 
@@ -31,13 +34,14 @@ MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 def _attention_tile(
     acc, m_i, l_i, q, K, V, k_start, kv_head, len_k, offs_m, offs_d, start, end,
     stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, diag_shift, bias_row, bias_radius,
+    window_left, window_right,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, WINDOW: tl.constexpr,
 ):
     """Fold key blocks [start, end) into the running (acc, m_i, l_i).
 
-    MASKED blocks check key bounds and the causal diagonal; the others are
-    fully visible to every query of the tile and skip that work.
+    MASKED blocks check key bounds, the causal diagonal and the window; the
+    others are fully visible to every query of the tile and skip that work.
     """
     offs_n = tl.arange(0, BLOCK_N)
     d_ok = offs_d < HEAD_DIM
@@ -59,8 +63,11 @@ def _attention_tile(
             s += tl.load(bias_row + rel) * 1.4426950408889634
         if MASKED:
             visible = (cols < len_k)[None, :]
-            if CAUSAL:
+            if CAUSAL and not WINDOW:
                 visible = visible & (cols[None, :] <= offs_m[:, None] + diag_shift)
+            if WINDOW:  # (causal: the launcher made right 0, so this is the diagonal too)
+                pos = offs_m[:, None] + diag_shift
+                visible = visible & (cols[None, :] >= pos - window_left) & (cols[None, :] <= pos + window_right)
             s = tl.where(visible, s, float("-inf"))
         acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, s, v)
     return acc, m_i, l_i
@@ -70,9 +77,10 @@ def _attention_tile(
 def _attention_kernel(
     Q, K, V, O, cu_seqlens_q, cu_seqlens_k, total_q, total_k, Bias,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_bias,
-    qk_scale, bias_radius,
+    qk_scale, bias_radius, window_left, window_right,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+    WINDOW: tl.constexpr,
 ):
     # grid: (query tiles of the longest sequence, query heads, sequences)
     pid_m = tl.program_id(0)
@@ -109,16 +117,23 @@ def _attention_kernel(
     else:
         full_end = len_k // BLOCK_N * BLOCK_N
         end = len_k
+    start = 0
+    if WINDOW:
+        # only the key blocks the tile's window reaches, all masked: [first row - left, last row + right]
+        start = tl.minimum(tl.maximum(pid_m * BLOCK_M + diag_shift - window_left, 0), len_k) // BLOCK_N * BLOCK_N
+        last_seen = (pid_m + 1) * BLOCK_M - 1 + diag_shift + window_right
+        end = tl.minimum(tl.maximum(tl.minimum(end, last_seen + 1), 0), len_k)
+        full_end = start
     bias_row = Bias + head * stride_bias
     acc, m_i, l_i = _attention_tile(
-        acc, m_i, l_i, q, K, V, k_start, kv_head, len_k, offs_m, offs_d, 0, full_end,
+        acc, m_i, l_i, q, K, V, k_start, kv_head, len_k, offs_m, offs_d, start, full_end,
         stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, diag_shift, bias_row, bias_radius,
-        HEAD_DIM, BLOCK_N, False, CAUSAL, HAS_BIAS,
+        window_left, window_right, HEAD_DIM, BLOCK_N, False, CAUSAL, HAS_BIAS, WINDOW,
     )
     acc, m_i, l_i = _attention_tile(
         acc, m_i, l_i, q, K, V, k_start, kv_head, len_k, offs_m, offs_d, full_end, end,
         stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, diag_shift, bias_row, bias_radius,
-        HEAD_DIM, BLOCK_N, True, CAUSAL, HAS_BIAS,
+        window_left, window_right, HEAD_DIM, BLOCK_N, True, CAUSAL, HAS_BIAS, WINDOW,
     )
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # rows that saw no key output 0
     out = acc / l_safe[:, None]
@@ -203,11 +218,24 @@ def _check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max
     return batch_q
 
 
+def check_window(window) -> tuple[int, int]:
+    """(left, right) of a sliding window, each >= 0; (-1, -1) without one."""
+    if window is None:
+        return -1, -1
+    if checking():
+        expect(len(window) == 2 and all(isinstance(w, int) and w >= 0 for w in window),
+               lambda: f"window: expected (left, right), two ints >= 0, got {window!r}")
+    return int(window[0]), int(window[1])
+
+
 def attention_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal, scale=None,
-                     position_bias=None):
+                     position_bias=None, window=None):
     """Launch the Triton kernel. Arguments as :func:`kernels.attention`."""
     batch = _check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     radius = check_position_bias(position_bias, q)
+    left, right = check_window(window)
+    if causal and window is not None:
+        right = 0  # the causal diagonal is the window's right edge: one comparison fewer per score
     head_dim = q.shape[2]
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
     out = torch.empty_like(q)
@@ -219,16 +247,16 @@ def attention_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     _attention_kernel[grid](
         q, k, v, out, cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], bias,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
-        bias.stride(0), scale * LOG2E, radius,
+        bias.stride(0), scale * LOG2E, radius, left, right,
         GROUP=q.shape[1] // k.shape[1], HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CAUSAL=causal, HAS_BIAS=position_bias is not None,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        WINDOW=window is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
 
 
 def attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal, scale=None,
-                  position_bias=None):
+                  position_bias=None, window=None):
     """Torch path (the CPU serving path): one SDPA call per group of sequences with the same query and key
     lengths, on exactly their tokens; GQA through SDPA's ``enable_gqa``.
 
@@ -238,6 +266,7 @@ def attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
     """
     _check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     check_position_bias(position_bias, q)
+    window = None if window is None else check_window(window)
     out = torch.zeros_like(q)
     if q.shape[0] == 0 or cu_seqlens_q.numel() < 2:
         return out
@@ -249,7 +278,7 @@ def attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
         members = ((lengths_q == len_q) & (lengths_k == len_k)).nonzero()[:, 0]  # no tensor from host data
         idx_q = _token_index(cu_seqlens_q[members], len_q)  # [G, Lq]
         idx_k = _token_index(cu_seqlens_k[members], len_k)
-        out[idx_q] = _sdpa_group(q[idx_q], k[idx_k], v[idx_k], causal, scale, position_bias)
+        out[idx_q] = _sdpa_group(q[idx_q], k[idx_k], v[idx_k], causal, scale, position_bias, window)
     return out
 
 
@@ -257,18 +286,31 @@ def _token_index(starts: torch.Tensor, length: int) -> torch.Tensor:
     return starts.long()[:, None] + torch.arange(length, device=starts.device)
 
 
-def _sdpa_group(q, k, v, causal: bool, scale, position_bias) -> torch.Tensor:
-    """q ``[G, Lq, Hq, D]``, k/v ``[G, Lk, Hkv, D]`` -> ``[G, Lq, Hq, D]``; causal bottom-right aligned."""
+def _visible(rows, cols, causal: bool, window) -> torch.Tensor | None:
+    """[Lq, Lk] keys each query sees (None: all of them)."""
+    visible = cols[None, :] <= rows[:, None] if causal else None
+    if window is not None:
+        left, right = window
+        band = (cols[None, :] >= rows[:, None] - left) & (cols[None, :] <= rows[:, None] + right)
+        visible = band if visible is None else visible & band
+    return visible
+
+
+def _sdpa_group(q, k, v, causal: bool, scale, position_bias, window=None) -> torch.Tensor:
+    """q ``[G, Lq, Hq, D]``, k/v ``[G, Lk, Hkv, D]`` -> ``[G, Lq, Hq, D]``; causal bottom-right aligned.
+
+    (A window is a boolean mask here: this is the CPU path, whose SDPA has no banded kernel; the Triton kernel
+    skips the key blocks outside it.)"""
     len_q, len_k = q.shape[1], k.shape[1]
     rows = torch.arange(len_q, device=q.device) + (len_k - len_q)  # query i sits at position i + Lk - Lq
     cols = torch.arange(len_k, device=q.device)
-    visible = cols[None, :] <= rows[:, None] if causal else None  # [Lq, Lk]
+    visible = _visible(rows, cols, causal, window)  # [Lq, Lk]
     seen = None if visible is None else visible.any(-1, keepdim=True)  # [Lq, 1]
     mask = None
     if position_bias is not None:
         bias = relative_bias_ref(position_bias, rows, cols).to(q.dtype)  # [H, Lq, Lk]
         mask = bias if visible is None else torch.where(visible | ~seen, bias, float("-inf"))
-    elif visible is not None and len_q != len_k:
+    elif visible is not None and (len_q != len_k or window is not None):
         mask = visible | ~seen  # a row that sees no key would be NaN in SDPA: let it see all, then zero it
     o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
                                        is_causal=causal and mask is None, scale=scale,

@@ -113,6 +113,13 @@ class EncoderConfig:
     num_labels: int = 0
     # sentence-transformers' CrossEncoder default for one logit: a sigmoid (config may say Identity)
     score_activation: str = "sigmoid"
+    # ModernBERT: rotary positions (theta of the global layers, of the local ones), each layer "full" or
+    # "sliding" (the local layers see keys within local_window tokens either side), LayerNorms with or without bias
+    rope_theta: float = 0.0
+    local_rope_theta: float = 0.0
+    layer_types: tuple[str, ...] = ()
+    local_window: int = 0
+    norm_bias: bool = True
 
     @property
     def max_tokens(self) -> int:
@@ -194,8 +201,33 @@ def bert_config(cfg: dict) -> EncoderConfig:
     )
 
 
+def modernbert_config(cfg: dict) -> EncoderConfig:
+    """ModernBERT in transformers 4's config (global_attn_every_n_layers, global/local_rope_theta) or 5's
+    (layer_types, rope_parameters per layer type)."""
+    if any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures") or ()):
+        raise ModelError("config.json: ModernBERT cross-encoders are not supported yet (ModernBERT embedders are)")
+    if cfg.get("mlp_bias") or cfg.get("attention_bias"):
+        raise ModelError("config.json: ModernBERT with MLP or attention biases is not supported")
+    layers = cfg["num_hidden_layers"]
+    every = cfg.get("global_attn_every_n_layers", 3)
+    types = cfg.get("layer_types") or ["full_attention" if i % every == 0 else "sliding_attention" for i in range(layers)]
+    rope = cfg.get("rope_parameters") or {}
+    theta = (rope.get("full_attention") or {}).get("rope_theta", cfg.get("global_rope_theta", 160000.0))
+    local_theta = (rope.get("sliding_attention") or {}).get("rope_theta", cfg.get("local_rope_theta") or 10000.0)
+    return EncoderConfig(
+        arch="modernbert", vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], num_layers=layers,
+        num_heads=cfg["num_attention_heads"], intermediate_size=cfg["intermediate_size"],
+        max_position=cfg.get("max_position_embeddings", 8192), type_vocab_size=0,
+        norm_eps=cfg.get("norm_eps", 1e-5), activation=activation_from_hf(cfg.get("hidden_activation", "gelu")),
+        rope_theta=float(theta), local_rope_theta=float(local_theta),
+        layer_types=tuple("sliding" if t == "sliding_attention" else "full" for t in types),
+        local_window=cfg.get("local_attention", 128) // 2, norm_bias=bool(cfg.get("norm_bias", False)),
+    )
+
+
 CONFIG_READERS = {"llama": llama_config, "mistral": llama_config, "qwen2": llama_config, "qwen3": llama_config,
-                  "gpt2": gpt2_config, "bert": bert_config, "roberta": bert_config, "xlm-roberta": bert_config}
+                  "gpt2": gpt2_config, "bert": bert_config, "roberta": bert_config, "xlm-roberta": bert_config,
+                  "modernbert": modernbert_config}
 
 
 def config_from_hf(cfg: dict, source: str = "config.json"):

@@ -24,6 +24,7 @@ from .gpt2 import GPT2LMHeadModel
 from .layers import QuantizedLinear, quantize_linears
 from .llama import LlamaForCausalLM
 from .m2m100 import M2M100ForConditionalGeneration
+from .modernbert import ModernBertModel
 from .pooling import Pooling
 from .t5 import T5ForConditionalGeneration
 from .tokenizer import Tokenizer
@@ -34,7 +35,7 @@ log = logging.getLogger("kernelserve.models")
 
 ARCHITECTURES = {"llama": LlamaForCausalLM, "mistral": LlamaForCausalLM, "qwen2": LlamaForCausalLM, "qwen3": LlamaForCausalLM,
                  "gpt2": GPT2LMHeadModel, "bert": BertModel, "roberta": BertModel, "xlm-roberta": BertModel,
-                 "t5": T5ForConditionalGeneration,
+                 "modernbert": ModernBertModel, "t5": T5ForConditionalGeneration,
                  "bart": BartForConditionalGeneration, "m2m_100": M2M100ForConditionalGeneration}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # auto: keep a GGUF's quantized blocks, full precision for safetensors; none: dequantise everything;

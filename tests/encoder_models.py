@@ -209,3 +209,28 @@ def save_nllb(folder, seed: int = 0):
             p.normal_(0, 0.3 if p.dim() > 1 else 0.1)
     model.save_pretrained(folder)
     return folder, model
+
+
+def save_modernbert_embedder(folder, minilm_path: str, local_attention: int = 16) -> str:
+    """ModernBERT-base's config shrunk (4 layers of width 256: global, local, local, global; head_dim 64), with a
+    local window of ``local_attention`` tokens (128 in the real model; 16 here so sentences reach past it), mean
+    pooling + Normalize as modernbert-embed; MiniLM's WordPiece tokenizer stands in for its BPE ([CLS] .. [SEP])."""
+    from transformers import ModernBertConfig, ModernBertModel
+
+    folder = str(folder)
+    os.makedirs(folder, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(os.path.join(minilm_path, name), folder)
+    cfg = ModernBertConfig(vocab_size=30522, hidden_size=256, intermediate_size=384, num_hidden_layers=4,
+                           num_attention_heads=4, global_attn_every_n_layers=3, local_attention=local_attention,
+                           max_position_embeddings=512, pad_token_id=0, cls_token_id=101, sep_token_id=102,
+                           bos_token_id=101, eos_token_id=102, norm_bias=False, hidden_activation="gelu")
+    torch.manual_seed(5)
+    model = ModernBertModel(cfg).eval()
+    _randomise_vectors(model)
+    with torch.no_grad():  # larger q and k: peaked attention, so what the window hides changes the output
+        for layer in model.layers:
+            layer.attn.Wqkv.weight[: 2 * cfg.hidden_size] *= 6
+    model.save_pretrained(folder)
+    _write_sentence_transformers(folder, "mean", True, 512)
+    return folder

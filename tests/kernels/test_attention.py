@@ -13,8 +13,9 @@ from .conftest import DTYPES, assert_close, attention_dot_rms, cu_seqlens, rand
 IMPLS = {"triton": attention_triton, "torch": attention_ref}
 
 
-def attention_f64(q, k, v, lens_q, lens_k, causal, scale, bias=None):
-    """softmax(scale * q k^T + bias + mask) v per sequence, in float64; keyless rows are 0."""
+def attention_f64(q, k, v, lens_q, lens_k, causal, scale, bias=None, window=None):
+    """softmax(scale * q k^T + bias + mask) v per sequence, in float64; keyless rows are 0. ``window`` (left,
+    right): query i at position p = i + lk - lq sees keys p - left .. p + right only."""
     q, k, v = q.double().cpu(), k.double().cpu(), v.double().cpu()
     group = q.shape[1] // k.shape[1]
     out = torch.zeros_like(q)
@@ -34,6 +35,10 @@ def attention_f64(q, k, v, lens_q, lens_k, causal, scale, bias=None):
             i = torch.arange(lq)[:, None]
             j = torch.arange(lk)[None, :]
             s = s.masked_fill(j > i + lk - lq, float("-inf"))
+        if window is not None:
+            i = torch.arange(lq)[:, None] + lk - lq
+            j = torch.arange(lk)[None, :]
+            s = s.masked_fill((j < i - window[0]) | (j > i + window[1]), float("-inf"))
         p = torch.softmax(s, -1).nan_to_num(0.0)
         out[qs:qs + lq] = torch.einsum("hqk,khd->qhd", p, vb)
         qs, ks = qs + lq, ks + lk
@@ -138,3 +143,39 @@ def test_unchecked_cu_seqlens_are_clamped_in_the_kernel(impl, device, monkeypatc
     out = attention_triton(q, k, v, bad, bad, 5, 5, causal=True)
     expected = attention_f64(q, k, v, [5, 5], [5, 5], True, 64 ** -0.5)  # clamped: the second ends at 10
     assert_close(out, expected, torch.float32, dot_rms=attention_dot_rms(64 ** -0.5, 64))
+
+
+WINDOW_CASES = {
+    # name: (query lengths, key lengths, (left, right)); the tiles are 32-128 wide: windows inside one tile,
+    # across several, wider than the sequence, and a one-sided one
+    "narrow": ([1, 17, 300], [1, 17, 300], (4, 4)),
+    "tile-crossing": ([257, 70], [257, 70], (64, 64)),
+    "causal-sliding": ([200, 9], [200, 9], (31, 0)),
+    "prefix-hit": ([3, 40], [150, 140], (50, 0)),
+    "wider-than-seq": ([20], [20], (1000, 1000)),
+    "right-only": ([130], [130], (0, 7)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("case", list(WINDOW_CASES))
+def test_attention_sliding_window(impl, device, dtype, causal, case):
+    """The window only masks: every key it reaches is folded in, every other skipped (rows with no key -> 0)."""
+    torch.manual_seed(hash((causal, case)) % 2**31)
+    lens_q, lens_k, window = WINDOW_CASES[case]
+    q = rand(sum(lens_q), 4, 64, dtype=dtype, device=device)
+    k = rand(sum(lens_k), 2, 64, dtype=dtype, device=device)
+    v = rand(sum(lens_k), 2, 64, dtype=dtype, device=device)
+    out = IMPLS[impl](q, k, v, cu_seqlens(lens_q, device), cu_seqlens(lens_k, device), max(lens_q), max(lens_k),
+                      causal=causal, scale=1.0 / 8, window=window)
+    assert_close(out, attention_f64(q, k, v, lens_q, lens_k, causal, 1.0 / 8, window=window), dtype,
+                 dot_rms=attention_dot_rms(1.0 / 8, 64))
+
+
+def test_attention_window_is_checked(impl, device):
+    q = rand(6, 4, 64, dtype=torch.float32, device=device)
+    cu = cu_seqlens([6], device)
+    for bad in ((-1, 3), (2,), (1.5, 2)):
+        with pytest.raises(ValueError, match="window"):
+            IMPLS[impl](q, q, q, cu, cu, 6, 6, causal=False, window=bad)

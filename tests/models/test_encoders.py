@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from models import ModelError, load_model
+from models import AttentionMetadata, ModelError, load_model
 from service.engine import EmbeddingEngine, EncoderInput
 
 from ..encoder_models import CORPUS, save_cross_encoder, save_xlmr_embedder
@@ -166,3 +166,64 @@ def test_nllb_language_codes_and_source_swap():
     swapped = with_source_language(ids, codes, codes["fra_Latn"])
     assert swapped == [codes["fra_Latn"], *ids[1:]]
     assert with_source_language(ids[1:-1], codes, codes["fra_Latn"]) is None
+
+
+@pytest.fixture(scope="module")
+def modernbert(tmp_path_factory, minilm_path):
+    from ..encoder_models import save_modernbert_embedder
+
+    folder = save_modernbert_embedder(tmp_path_factory.mktemp("modernbert"), minilm_path)
+    return folder, load_model(folder)
+
+
+def test_modernbert_embeddings_match_sentence_transformers(modernbert):
+    """Local layers (a 16-token window here) and global ones; sentences longer than the window included."""
+    from sentence_transformers import SentenceTransformer
+
+    folder, loaded = modernbert
+    assert loaded.config.layer_types == ("full", "sliding", "sliding", "full") and loaded.config.local_window == 8
+    reference = SentenceTransformer(folder, device="cpu")
+    ids = loaded.tokenizer.encode_batch(TEXTS)
+    assert max(map(len, ids)) > 3 * 16
+    ours = EmbeddingEngine(loaded).embed_now(ids)
+    cos = torch.nn.functional.cosine_similarity(ours, reference.encode(TEXTS, convert_to_tensor=True).float())
+    assert cos.min().item() >= 0.9999, cos
+    single = torch.cat([EmbeddingEngine(loaded).embed_now([i]) for i in ids])
+    torch.testing.assert_close(ours, single, atol=1e-5, rtol=0)
+
+
+def _hidden(loaded, ids):
+    with torch.no_grad():
+        return loaded.model(torch.tensor(ids), torch.arange(len(ids)), AttentionMetadata.for_sequences([len(ids)]))
+
+
+def test_modernbert_hidden_states_match_transformers(modernbert):
+    """Token by token (pooling averages differences away): the window's effect is far above the tolerance."""
+    from transformers import AutoModel
+
+    folder, loaded = modernbert
+    hf = AutoModel.from_pretrained(folder).eval()
+    for text in (" ".join(TEXTS[:8]), "hi", TEXTS[-1]):
+        ids = loaded.tokenizer.encode(text)
+        with torch.no_grad():
+            expected = hf(torch.tensor([ids])).last_hidden_state[0]
+        torch.testing.assert_close(_hidden(loaded, ids), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_modernbert_window_changes_long_inputs_only(modernbert, tmp_path, minilm_path):
+    """The same weights with a window wider than any input give the same embedding for short inputs and a
+    different one for long inputs: the window is applied, and only where it cuts."""
+    import shutil
+
+    folder, loaded = modernbert
+    wide = tmp_path / "wide"
+    shutil.copytree(folder, wide)
+    cfg = json.loads((wide / "config.json").read_text())
+    cfg["local_attention"] = 1024
+    cfg.pop("sliding_window", None)
+    (wide / "config.json").write_text(json.dumps(cfg))
+    wide_model = load_model(str(wide))
+    short, long = loaded.tokenizer.encode("hi"), loaded.tokenizer.encode(" ".join(TEXTS[:8]))
+    torch.testing.assert_close(_hidden(loaded, short), _hidden(wide_model, short), atol=1e-6, rtol=0)
+    # 100x the hidden-state tolerance above: a window applied wrongly would fail that test
+    assert (_hidden(loaded, long) - _hidden(wide_model, long)).abs().max() > 1e-2
