@@ -53,3 +53,18 @@ class ForSequenceClassification(BertModel):
             logits = self.classifier.out_proj(torch.tanh(self.classifier.dense(first)))
         logits = logits.float()[:, 0]
         return torch.sigmoid(logits) if self.cfg.score_activation == "sigmoid" else logits
+
+
+class TokenPairScorer:
+    """A decoder used as a reranker by two of its tokens (Qwen3-Reranker): the score of a pair is P(yes) over
+    {no, yes} at the last token, sigmoid(logit_yes - logit_no), the probability the model card computes with a
+    log-softmax over the two logits. config.json (or ``--hf-overrides``, as vLLM's) names the tokens:
+    ``"classifier_from_token": ["no", "yes"]``."""
+
+    def __init__(self, model: nn.Module, token_ids: tuple[int, int]):
+        self.model, self.token_ids = model, token_ids
+
+    def __call__(self, hidden: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        last = hidden[torch.tensor(lengths, device=hidden.device).cumsum(0) - 1]
+        logits = self.model.logits(last)[:, list(self.token_ids)]  # float32 [B, 2]: (no, yes)
+        return torch.sigmoid(logits[:, 1] - logits[:, 0])

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -19,7 +20,7 @@ from . import gguf_file
 from .bart import BartForConditionalGeneration
 from .bert import BertModel
 from .config import DecoderConfig, EncoderConfig, EncoderDecoderConfig, ModelError, config_from_hf
-from .cross_encoder import ForSequenceClassification
+from .cross_encoder import ForSequenceClassification, TokenPairScorer
 from .gpt2 import GPT2LMHeadModel
 from .layers import QuantizedLinear, quantize_linears
 from .llama import LlamaForCausalLM
@@ -55,6 +56,9 @@ class LoadedModel:
     max_model_len: int
     eos_token_ids: tuple[int, ...] = ()
     pooling: Pooling | None = None
+    # rerankers: (hidden [T, H], lengths) -> one float32 score per sequence (cross-encoders' head, or a decoder's
+    # yes/no tokens); None for every other model
+    scorer: Callable[[torch.Tensor, list[int]], torch.Tensor] | None = None
     quantization: str = "none"  # what the weights run as: "none", "int8", "int4", "gguf:Q4_1", ...
     # embedding sizes a request's ``dimensions`` may ask for (Matryoshka training): None, not supported;
     # () any size up to the model's; else the sizes config.json lists
@@ -64,7 +68,7 @@ class LoadedModel:
     def kind(self) -> str:
         """'generate' for decoders and encoder-decoders (chat, completions), 'embed' for encoders (and
         decoders whose sentence-transformers config pools them), 'score' for cross-encoders (rerank)."""
-        if isinstance(self.config, EncoderConfig) and self.config.num_labels:
+        if self.scorer is not None:
             return "score"
         return "embed" if self.pooling is not None else "generate"
 
@@ -165,8 +169,8 @@ def _eos_ids(folder: str, hf_cfg: dict, tokenizer: Tokenizer) -> tuple[int, ...]
     return tuple(dict.fromkeys(ids))
 
 
-def load_folder(folder: str, dtype: torch.dtype, name: str) -> LoadedModel:
-    hf_cfg = _read_json(os.path.join(folder, "config.json"))
+def load_folder(folder: str, dtype: torch.dtype, name: str, overrides: dict | None = None) -> LoadedModel:
+    hf_cfg = {**_read_json(os.path.join(folder, "config.json")), **(overrides or {})}
     cfg = config_from_hf(hf_cfg, os.path.join(folder, "config.json"))
     decoder_embedder = isinstance(cfg, DecoderConfig) and Pooling.declared(folder)
     if decoder_embedder:  # pooled hidden states are the output: no LM head is built (nor read)
@@ -190,8 +194,23 @@ def load_folder(folder: str, dtype: torch.dtype, name: str) -> LoadedModel:
     if pooling and os.path.exists(st_cfg):
         max_len = min(max_len, _read_json(st_cfg).get("max_seq_length", max_len))
     return LoadedModel(name, folder, model, cfg, tokenizer, dtype, torch.device("cpu"), max_len,
-                       _eos_ids(folder, hf_cfg, tokenizer), pooling,
+                       _eos_ids(folder, hf_cfg, tokenizer), pooling, _scorer(model, cfg, hf_cfg, tokenizer, folder),
                        matryoshka_dimensions=_matryoshka(hf_cfg) if pooling else None)
+
+
+def _scorer(model: nn.Module, cfg, hf_cfg: dict, tokenizer: Tokenizer, folder: str):
+    """A cross-encoder's head, a decoder reranker's yes/no tokens (``classifier_from_token``), or None."""
+    if isinstance(cfg, EncoderConfig):
+        return model.scores if cfg.num_labels else None
+    tokens = hf_cfg.get("classifier_from_token")
+    if tokens is None:
+        return None
+    if not isinstance(cfg, DecoderConfig) or len(tokens) != 2:
+        raise ModelError(f"{folder}: classifier_from_token needs a decoder and two tokens (no, yes), got {tokens!r}")
+    ids = tuple(tokenizer.token_id(t) for t in tokens)
+    if None in ids:
+        raise ModelError(f"{folder}: classifier_from_token {tokens!r}: not single tokens of this tokenizer")
+    return TokenPairScorer(model, ids)
 
 
 def _matryoshka(hf_cfg: dict) -> tuple[int, ...] | None:
@@ -215,7 +234,7 @@ def _resolve_dtype(dtype: str | torch.dtype, device: str, quantized: bool) -> to
 
 
 def load_model(source: str, *, name: str | None = None, dtype: str | torch.dtype = "float32",
-               device: str = "cpu", quantization: str = "auto") -> LoadedModel:
+               device: str = "cpu", quantization: str = "auto", hf_overrides: dict | None = None) -> LoadedModel:
     """Load ``source`` (folder, .gguf file, default model name or hub id) in ``dtype`` on ``device``
     (``dtype="auto"``: see :func:`_resolve_dtype`).
 
@@ -223,6 +242,8 @@ def load_model(source: str, *, name: str | None = None, dtype: str | torch.dtype
     weights quantized (and Q6_K on CUDA; other types are dequantised, logged) and loads safetensors in
     full precision;
     ``none`` dequantises; ``int8``/``int4`` quantise the projections of a decoder at load.
+    ``hf_overrides`` replaces keys of a folder's config.json (vLLM's ``--hf-overrides``), e.g. to serve
+    Qwen3-Reranker: ``{"classifier_from_token": ["no", "yes"]}``.
     """
     if quantization not in QUANTIZATIONS:
         raise ModelError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
@@ -236,7 +257,7 @@ def load_model(source: str, *, name: str | None = None, dtype: str | torch.dtype
             gguf_file.KEPT_TYPES if torch.device(device).type == "cuda" else gguf_file.CPU_KEPT_TYPES)
         loaded = load_gguf(path, dtype, name, keep)
     else:
-        loaded = load_folder(path, dtype, name)
+        loaded = load_folder(path, dtype, name, hf_overrides)
     if quantization in ("int8", "int4"):
         _quantize_at_load(loaded, quantization)
     loaded.model.to(device).eval()

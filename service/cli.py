@@ -6,6 +6,7 @@ Every flag can also come from an environment variable ``KERNELSERVE_<FLAG>``
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -43,6 +44,11 @@ def serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--quantization", default=_env("quantization", "auto"), choices=["auto", "none", "int8", "int4"],
         help="weights: auto keeps a GGUF's Q4_0/Q4_1/Q8_0/Q4_K blocks quantized (full precision for "
              "safetensors); none dequantises; int8/int4 quantise a decoder's projections at load")
+    add("--hf-overrides", action="append", type=_overrides, metavar="[NAME=]JSON",
+        default=[_overrides(_env("hf_overrides"))] if _env("hf_overrides") else [],
+        help="JSON merged into a served folder's config.json, as vLLM's flag; NAME= limits it to that model "
+             "(repeatable). E.g. serve Qwen3-Reranker as a reranker: "
+             "--hf-overrides 'rr={\"classifier_from_token\": [\"no\", \"yes\"]}'")
     add("--device", default=_env("device", "auto"), help="cpu, cuda or cuda:N (auto: cuda when available)")
     add("--api-key", default=_env("api_key"), help="require 'Authorization: Bearer KEY' on /v1/* and /tokenize")
     add("--max-num-seqs", type=int, default=int(_env("max_num_seqs", 64)), help="sequences per step (default 64)")
@@ -79,6 +85,18 @@ def serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="seconds SIGTERM waits for in-flight requests before exiting (default 30)")
     add("--log-level", default=_env("log_level", "info"), choices=["debug", "info", "warning", "error"])
     return parser
+
+
+def _overrides(text: str) -> tuple[str | None, dict]:
+    """``JSON`` (every model) or ``NAME=JSON`` (that model) -> (NAME or None, the object)."""
+    target, body = (None, text) if text.lstrip().startswith("{") else text.split("=", 1) if "=" in text else (None, text)
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return target, value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,7 +139,9 @@ def _load_all(args, state, metrics) -> None:
 
     metrics.build_info.labels(__version__, backend_for(device), args.dtype, device).set(1)
     for name, source in model_specs(args.model):
-        loaded = load_model(source, name=name, dtype=args.dtype, device=device, quantization=args.quantization)
+        overrides = {k: v for target, values in args.hf_overrides if target in (None, name) for k, v in values.items()}
+        loaded = load_model(source, name=name, dtype=args.dtype, device=device, quantization=args.quantization,
+                            hf_overrides=overrides)
         dtype = str(loaded.dtype).removeprefix("torch.")
         if loaded.kind in ("embed", "score"):
             embedder = EmbeddingEngine(loaded, observer=lambda b, t, n=name: metrics.on_embedding_batch(n, b, t))

@@ -234,3 +234,25 @@ def save_modernbert_embedder(folder, minilm_path: str, local_attention: int = 16
     model.save_pretrained(folder)
     _write_sentence_transformers(folder, "mean", True, 512)
     return folder
+
+
+RERANKER_OVERRIDES = {"architectures": ["Qwen3ForSequenceClassification"], "classifier_from_token": ["no", "yes"],
+                      "is_original_qwen3_reranker": True}  # what vLLM's docs pass for Qwen3-Reranker
+
+
+def save_qwen3_reranker(folder, byte_bpe_backend) -> tuple[str, object]:
+    """Qwen3-Reranker-0.6B's layout shrunk: a Qwen3ForCausalLM whose "yes" / "no" logits at the last token score
+    a (query, document) pair. Returns (folder, the transformers model)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    folder = str(folder)
+    os.makedirs(folder, exist_ok=True)
+    byte_bpe_backend.save(os.path.join(folder, "tokenizer.json"))
+    cfg = Qwen3Config(vocab_size=byte_bpe_backend.get_vocab_size(), hidden_size=256, intermediate_size=512,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=128,
+                      max_position_embeddings=512, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
+    torch.manual_seed(6)
+    model = Qwen3ForCausalLM(cfg).eval()
+    _randomise_vectors(model)
+    model.save_pretrained(folder)
+    return folder, model

@@ -94,7 +94,7 @@ class EmbeddingEngine:
         flat = torch.tensor([t for x in batch for t in x.ids], device=device)
         positions = torch.cat([torch.arange(n, device=device) for n in lengths])
         meta = AttentionMetadata.for_sequences(lengths, device)
-        if any(x.token_types for x in batch):
+        if getattr(self.loaded.config, "type_vocab_size", 0) and any(x.token_types for x in batch):
             types = torch.tensor([t for x in batch for t in (x.token_types or [0] * len(x))], device=device)
             hidden = self.loaded.model(flat, positions, meta, token_types=types)
         else:
@@ -102,7 +102,7 @@ class EmbeddingEngine:
         if self.observer is not None:
             self.observer(len(batch), sum(lengths))
         if self.scores:
-            return self.loaded.model.scores(hidden, lengths)[:, None]
+            return self.loaded.scorer(hidden, lengths)[:, None]
         return self.loaded.pooling(hidden, lengths)
 
     def _take_batch(self, first: _Job) -> list[_Job]:

@@ -227,3 +227,26 @@ def test_modernbert_window_changes_long_inputs_only(modernbert, tmp_path, minilm
     torch.testing.assert_close(_hidden(loaded, short), _hidden(wide_model, short), atol=1e-6, rtol=0)
     # 100x the hidden-state tolerance above: a window applied wrongly would fail that test
     assert (_hidden(loaded, long) - _hidden(wide_model, long)).abs().max() > 1e-2
+
+
+def test_qwen3_reranker_scores_as_its_model_card(tmp_path, byte_bpe_tokenizer):
+    """P(yes) over {no, yes} at the last token of query + document, as Qwen3-Reranker's card computes it."""
+    from ..encoder_models import RERANKER_OVERRIDES, save_qwen3_reranker
+
+    folder, hf = save_qwen3_reranker(tmp_path, byte_bpe_tokenizer.backend)
+    loaded = load_model(folder, hf_overrides=RERANKER_OVERRIDES)
+    assert loaded.kind == "score"
+    assert load_model(folder).kind == "generate"  # without the overrides it is the chat model it also is
+    tok = loaded.tokenizer
+    no, yes = tok.token_id("no"), tok.token_id("yes")
+    pairs = [(f"<Query>: {QUERY}\n", f"<Document>: {t}") for t in TEXTS]
+    encoded = tok.encode_pairs(pairs)
+    ours = EmbeddingEngine(loaded).embed_now([EncoderInput(i, t) for i, t in encoded])[:, 0]
+    for (ids, _), score, (q, d) in zip(encoded, ours, pairs):
+        assert ids == tok.encode(q) + tok.encode(d)  # the two texts tokenized apart and joined, as vLLM joins them
+        with torch.no_grad():
+            last = hf(torch.tensor([ids])).logits[0, -1]
+        expected = torch.log_softmax(last[[no, yes]], -1)[1].exp()
+        assert score.item() == pytest.approx(expected.item(), abs=1e-5)
+    with pytest.raises(ModelError, match="two tokens"):
+        load_model(folder, hf_overrides={"classifier_from_token": ["yes"]})

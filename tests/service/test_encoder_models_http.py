@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from ..conftest import API_KEY, MINILM, SMOLLM, Server
-from ..encoder_models import save_cross_encoder, save_qwen3_embedder, save_xlmr_embedder
+from ..encoder_models import (RERANKER_OVERRIDES, save_cross_encoder, save_qwen3_embedder, save_qwen3_reranker,
+                              save_xlmr_embedder)
 
 pytestmark = pytest.mark.slow
 
@@ -25,12 +26,14 @@ def folders(tmp_path_factory, minilm_path, smollm):
     root = tmp_path_factory.mktemp("rerank")
     return {"emb": save_xlmr_embedder(root / "emb"), "rr": save_cross_encoder(root / "rr", "xlm-roberta"),
             "rr-bert": save_cross_encoder(root / "rr-bert", "bert", minilm_path),
-            "qwen3-emb": save_qwen3_embedder(root / "qwen3-emb", smollm.tokenizer.backend)}
+            "qwen3-emb": save_qwen3_embedder(root / "qwen3-emb", smollm.tokenizer.backend),
+            "qwen3-rr": save_qwen3_reranker(root / "qwen3-rr", smollm.tokenizer.backend)[0]}
 
 
 @pytest.fixture(scope="module")
 def rerank_server(folders):
-    server = Server(*[a for name, f in folders.items() for a in ("--model", f"{name}={f}")], "--api-key", API_KEY)
+    server = Server(*[a for name, f in folders.items() for a in ("--model", f"{name}={f}")], "--api-key", API_KEY,
+                    "--hf-overrides", "qwen3-rr=" + json.dumps(RERANKER_OVERRIDES))
     yield server
     server.stop()
 
@@ -148,10 +151,11 @@ def test_model_routing(rhttp):
     r = rhttp.post("/v1/embeddings", json={"model": "rr", "input": "x"})
     assert r.status_code == 400 and "/v1/rerank" in r.json()["error"]["message"]
     unnamed = rhttp.post("/v1/rerank", json={"query": QUERY, "documents": DOCS})
-    assert unnamed.status_code == 400 and unnamed.json()["error"]["param"] == "model"  # two cross-encoders here
+    assert unnamed.status_code == 400 and unnamed.json()["error"]["param"] == "model"  # three rerankers here
     cards = {m["id"]: m["capabilities"] for m in rhttp.get("/v1/models").json()["data"]}
     assert cards == {"emb": ["embeddings", "rerank", "score"], "rr": ["rerank", "score"],
-                     "rr-bert": ["rerank", "score"], "qwen3-emb": ["embeddings", "rerank", "score"]}
+                     "rr-bert": ["rerank", "score"], "qwen3-emb": ["embeddings", "rerank", "score"],
+                     "qwen3-rr": ["rerank", "score"]}
 
 
 def test_metrics_count_requests_and_batches(rhttp, rerank_server):
@@ -232,3 +236,26 @@ def test_decoder_embedder_with_matryoshka_dimensions(rerank_server, folders):
         client.embeddings.create(model="qwen3-emb", input="x", dimensions=100)
     with pytest.raises(openai.BadRequestError, match="not trained for truncated"):
         client.embeddings.create(model="emb", input="x", dimensions=64)
+
+
+def test_qwen3_reranker_served_with_hf_overrides(rhttp, folders):
+    """Qwen3-Reranker's documented prompt, formatted by the client as vLLM's example does; the served scores are
+    P(yes) from transformers on the same weights."""
+    from transformers import AutoModelForCausalLM
+
+    from models.tokenizer import Tokenizer
+
+    hf = AutoModelForCausalLM.from_pretrained(folders["qwen3-rr"]).eval()
+    tok = Tokenizer.from_folder(folders["qwen3-rr"])
+    prefix = "<|im_start|>system\nJudge whether the Document meets the requirements.<|im_end|>\n<|im_start|>user\n"
+    query = f"{prefix}<Instruct>: Given a web search query, retrieve relevant passages\n<Query>: {QUERY}\n"
+    docs = [f"<Document>: {d}<|im_end|>\n<|im_start|>assistant\n" for d in DOCS]
+    no, yes = tok.token_id("no"), tok.token_id("yes")
+    expected = []
+    for d in docs:
+        with torch.no_grad():
+            last = hf(torch.tensor([tok.encode(query) + tok.encode(d)])).logits[0, -1]
+        expected.append(torch.softmax(last[[no, yes]], -1)[1].item())
+    body = rhttp.post("/v1/rerank", json={"model": "qwen3-rr", "query": query, "documents": docs}).json()
+    assert [r["index"] for r in body["results"]] == sorted(range(len(docs)), key=lambda i: -expected[i])
+    assert [r["relevance_score"] for r in body["results"]] == pytest.approx(sorted(expected, reverse=True), abs=1e-5)
