@@ -1,4 +1,5 @@
-"""BART encoder-decoder: learned positions (offset 2), post-LN, GELU FFN, scaled scores."""
+"""BART encoder-decoder: learned positions (offset 2), post-LN, GELU FFN, scaled scores. MarianMT is the same
+network with fixed sinusoidal positions from 0 and no LayerNorm on the embeddings."""
 from __future__ import annotations
 
 import torch
@@ -13,6 +14,14 @@ from .metadata import AttentionMetadata
 from .weights import CheckpointRules
 
 POSITION_OFFSET = 2  # BartLearnedPositionalEmbedding reserves the first two rows
+
+
+def marian_sinusoids(num_positions: int, dim: int) -> torch.Tensor:
+    """[num_positions, dim]: sin(pos / 10000^(2i/dim)) in the first half, the cos in the second (Marian's
+    layout: XLM's sinusoids, not interleaved), formed in float64 as transformers forms them."""
+    freq = 10000.0 ** (-2 * torch.arange((dim + 1) // 2, dtype=torch.float64) / dim)
+    angles = torch.arange(num_positions, dtype=torch.float64)[:, None] * freq[None, :]
+    return torch.cat([angles.sin(), angles.cos()[:, : dim // 2]], dim=1).float()
 
 
 class BartAttention(nn.Module):
@@ -56,8 +65,13 @@ class BartLayer(nn.Module):
 class BartStack(nn.Module):
     def __init__(self, cfg: EncoderDecoderConfig, dtype, decoder: bool):
         super().__init__()
-        self.embed_positions = Embedding(cfg.max_position + POSITION_OFFSET, cfg.hidden_size, dtype)
-        self.layernorm_embedding = Norm(cfg.hidden_size, 1e-5, rms=False, bias=True, dtype=dtype)
+        if cfg.sinusoidal_positions:
+            self.register_buffer("sinusoids", marian_sinusoids(cfg.max_position, cfg.hidden_size).to(dtype),
+                                 persistent=False)
+            self.layernorm_embedding = None
+        else:
+            self.embed_positions = Embedding(cfg.max_position + POSITION_OFFSET, cfg.hidden_size, dtype)
+            self.layernorm_embedding = Norm(cfg.hidden_size, 1e-5, rms=False, bias=True, dtype=dtype)
         count = cfg.num_layers if decoder else cfg.num_encoder_layers
         self.layers = nn.ModuleList(BartLayer(cfg, dtype, decoder) for _ in range(count))
 
@@ -79,12 +93,16 @@ class BartForConditionalGeneration(nn.Module):
         ties = [(r"^model\.(encoder|decoder)\.embed_tokens\.weight$", "model.shared.weight")]
         if self.cfg.tie_word_embeddings:
             ties.append((r"^lm_head\.weight$", "model.shared.weight"))
-        return CheckpointRules(renames=tuple(ties))
+        # Marian's checkpoints store their fixed sinusoids; they are rebuilt here
+        ignored = (r"embed_positions\.weight$",) if self.cfg.sinusoidal_positions else ()
+        return CheckpointRules(renames=tuple(ties), ignored=ignored)
 
     def shard_sizes(self) -> dict[str, tuple[int, ...]]:
         return {}
 
     def _embed(self, stack: BartStack, input_ids, positions):
+        if self.cfg.sinusoidal_positions:
+            return self.model.shared(input_ids) * self.embed_scale + stack.sinusoids[positions]
         h = self.model.shared(input_ids) * self.embed_scale + stack.embed_positions(positions + POSITION_OFFSET)
         return stack.layernorm_embedding(h)
 

@@ -1,6 +1,7 @@
 """Model configuration: one frozen dataclass per architecture family, read from HF ``config.json``."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -261,6 +262,8 @@ class EncoderDecoderConfig:
     relative_max_distance: int = 128  # T5
     scale_decoder_outputs: bool = False  # T5 (original): hidden * d_model^-1/2 before the head
     scale_embedding: bool = False  # BART
+    # Marian: fixed sinusoidal positions from 0 and no LayerNorm on the embeddings (BART learns both)
+    sinusoidal_positions: bool = False
     decoder_start_token_id: int = 0
     eos_token_id: int = 1
     pad_token_id: int = 1  # M2M100: its sinusoidal positions start after the padding index
@@ -309,6 +312,19 @@ def bart_config(cfg: dict) -> EncoderDecoderConfig:
     )
 
 
+def marian_config(cfg: dict) -> EncoderDecoderConfig:
+    """MarianMT (opus-mt-*): BART's post-LN layers with sinusoidal positions, scaled embeddings, SiLU."""
+    if not cfg.get("share_encoder_decoder_embeddings", True) or cfg.get("decoder_vocab_size") not in (None, cfg["vocab_size"]):
+        raise ModelError("config.json: Marian with separate source and target vocabularies is not supported")
+    if cfg.get("normalize_before") or cfg.get("normalize_embedding"):
+        raise ModelError("config.json: pre-norm Marian variants are not supported")
+    return dataclasses.replace(bart_config({**cfg, "activation_function": cfg.get("activation_function", "swish")}),
+                               arch="marian", sinusoidal_positions=True,
+                               scale_embedding=bool(cfg.get("scale_embedding", True)),
+                               decoder_start_token_id=cfg.get("decoder_start_token_id", cfg.get("pad_token_id")),
+                               eos_token_id=cfg.get("eos_token_id", 0), pad_token_id=cfg.get("pad_token_id", 1))
+
+
 def m2m100_config(cfg: dict) -> EncoderDecoderConfig:
     heads = cfg["decoder_attention_heads"]
     if cfg["encoder_attention_heads"] != heads or cfg["encoder_ffn_dim"] != cfg["decoder_ffn_dim"]:
@@ -325,4 +341,4 @@ def m2m100_config(cfg: dict) -> EncoderDecoderConfig:
     )
 
 
-CONFIG_READERS.update({"t5": t5_config, "bart": bart_config, "m2m_100": m2m100_config})
+CONFIG_READERS.update({"t5": t5_config, "bart": bart_config, "marian": marian_config, "m2m_100": m2m100_config})

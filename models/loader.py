@@ -37,7 +37,7 @@ log = logging.getLogger("kernelserve.models")
 ARCHITECTURES = {"llama": LlamaForCausalLM, "mistral": LlamaForCausalLM, "qwen2": LlamaForCausalLM, "qwen3": LlamaForCausalLM,
                  "gpt2": GPT2LMHeadModel, "bert": BertModel, "roberta": BertModel, "xlm-roberta": BertModel,
                  "modernbert": ModernBertModel, "t5": T5ForConditionalGeneration,
-                 "bart": BartForConditionalGeneration, "m2m_100": M2M100ForConditionalGeneration}
+                 "bart": BartForConditionalGeneration, "marian": BartForConditionalGeneration, "m2m_100": M2M100ForConditionalGeneration}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # auto: keep a GGUF's quantized blocks, full precision for safetensors; none: dequantise everything;
 # int8 / int4: round-to-nearest group-wise weight-only quantisation at load (decoders)
@@ -63,6 +63,8 @@ class LoadedModel:
     # embedding sizes a request's ``dimensions`` may ask for (Matryoshka training): None, not supported;
     # () any size up to the model's; else the sizes config.json lists
     matryoshka_dimensions: tuple[int, ...] | None = None
+    # token sequences the model never generates (generation_config.json's bad_words_ids: Marian's <pad>)
+    bad_words: tuple[tuple[int, ...], ...] = ()
 
     @property
     def kind(self) -> str:
@@ -155,6 +157,12 @@ def _read_json(path: str) -> dict:
         raise ModelError(f"{path}: not valid JSON ({err})") from None
 
 
+def _bad_words(folder: str) -> tuple[tuple[int, ...], ...]:
+    path = os.path.join(folder, "generation_config.json")
+    words = _read_json(path).get("bad_words_ids") if os.path.exists(path) else None
+    return tuple(tuple(int(t) for t in w) for w in words or () if w)
+
+
 def _eos_ids(folder: str, hf_cfg: dict, tokenizer: Tokenizer) -> tuple[int, ...]:
     """EOS ids from generation_config.json, config.json and the tokenizer's eos_token."""
     ids: list[int] = []
@@ -195,7 +203,7 @@ def load_folder(folder: str, dtype: torch.dtype, name: str, overrides: dict | No
         max_len = min(max_len, _read_json(st_cfg).get("max_seq_length", max_len))
     return LoadedModel(name, folder, model, cfg, tokenizer, dtype, torch.device("cpu"), max_len,
                        _eos_ids(folder, hf_cfg, tokenizer), pooling, _scorer(model, cfg, hf_cfg, tokenizer, folder),
-                       matryoshka_dimensions=_matryoshka(hf_cfg) if pooling else None)
+                       matryoshka_dimensions=_matryoshka(hf_cfg) if pooling else None, bad_words=_bad_words(folder))
 
 
 def _scorer(model: nn.Module, cfg, hf_cfg: dict, tokenizer: Tokenizer, folder: str):

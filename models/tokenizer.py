@@ -90,12 +90,18 @@ class Tokenizer:
     @staticmethod
     def from_folder(folder: str) -> "Tokenizer":
         path = os.path.join(folder, "tokenizer.json")
-        if not os.path.exists(path):
-            raise ModelError(f"{folder}: no tokenizer.json (kernelserve needs a fast tokenizer file)")
-        try:
-            backend = HFTokenizer.from_file(path)
-        except Exception as err:
-            raise ModelError(f"{path}: not a readable tokenizer ({err})") from None
+        if not os.path.exists(path) and os.path.exists(os.path.join(folder, "source.spm")):
+            from .marian_tokenizer import marian_backend  # opus-mt folders: SentencePiece files only
+
+            backend = marian_backend(folder)
+        elif not os.path.exists(path):
+            raise ModelError(f"{folder}: no tokenizer.json (kernelserve needs a fast tokenizer file, or Marian's "
+                             "source.spm and vocab.json)")
+        else:
+            try:
+                backend = HFTokenizer.from_file(path)
+            except Exception as err:
+                raise ModelError(f"{path}: not a readable tokenizer ({err})") from None
         cfg = {}
         cfg_path = os.path.join(folder, "tokenizer_config.json")
         if os.path.exists(cfg_path):

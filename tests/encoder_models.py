@@ -256,3 +256,63 @@ def save_qwen3_reranker(folder, byte_bpe_backend) -> tuple[str, object]:
     _randomise_vectors(model)
     model.save_pretrained(folder)
     return folder, model
+
+
+MARIAN_CORPUS = CORPUS + [
+    "Hello, how are you?", "I would like a cup of coffee.", "The weather is nice today.", "Where is the station?",
+    "She reads a book in the garden.", "We are going to the market tomorrow.", "Translation models are small.",
+    "Numbers: 1 2 3 4 5, and symbols % & @.", "Ça va très bien, merci.", "¿Dónde está la biblioteca?",
+]
+
+
+def save_marian_tokenizer(folder, languages=(">>fra<<", ">>spa<<")) -> int:
+    """opus-mt's tokenizer files: a SentencePiece unigram model trained here with nmt_nfkc normalisation (the real
+    ones are not installable) as source.spm and target.spm, and vocab.json laid out as Marian's: </s> 0, <unk> 1,
+    the pieces, target-language codes (multilingual models), <pad> last. Returns the vocabulary size."""
+    import io
+
+    import sentencepiece as spm
+
+    folder = str(folder)
+    os.makedirs(folder, exist_ok=True)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(MARIAN_CORPUS * 3), model_writer=model, vocab_size=200,
+                                   model_type="unigram", normalization_rule_name="nmt_nfkc", minloglevel=2,
+                                   hard_vocab_limit=False)
+    for name in ("source.spm", "target.spm"):
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(model.getvalue())
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not (sp.is_control(i) or sp.is_unknown(i))]
+    vocab = {p: i for i, p in enumerate(["</s>", "<unk>", *pieces, *languages, "<pad>"])}
+    with open(os.path.join(folder, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "MarianTokenizer", "source_lang": "en", "target_lang": "fr",
+                   "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "model_max_length": 512}, f)
+    return len(vocab)
+
+
+def save_marian(folder, seed: int = 0):
+    """Helsinki-NLP/opus-mt-en-ROMANCE's layout shrunk (2 + 2 layers, width 256): SentencePiece files, target codes
+    ``>>fra<<`` / ``>>spa<<`` in the vocabulary, the decoder starting from <pad>, which generation_config.json's
+    bad_words_ids keeps out of every output (as opus-mt's does). Returns (folder, transformers model)."""
+    from transformers import MarianConfig, MarianMTModel
+
+    folder = str(folder)
+    vocab = save_marian_tokenizer(folder)
+    pad = vocab - 1
+    cfg = MarianConfig(vocab_size=vocab, d_model=256, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                       decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512,
+                       max_position_embeddings=128, scale_embedding=True, activation_function="swish",
+                       pad_token_id=pad, decoder_start_token_id=pad, eos_token_id=0, forced_eos_token_id=None,
+                       share_encoder_decoder_embeddings=True)
+    torch.manual_seed(seed)
+    model = MarianMTModel(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "embed_positions" not in name:
+                p.normal_(0, 0.3 if p.dim() > 1 else 0.1)
+    model.generation_config.bad_words_ids = [[pad]]
+    model.save_pretrained(folder)
+    return folder, model

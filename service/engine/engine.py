@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -23,7 +23,7 @@ from .faults import RequestFailed, describe, is_unrecoverable
 from .grammar import GrammarError, Grammars
 from .model_runner import ModelRunner, graph_memory, kv_cache_blocks
 from .outputs import CompletionOutput, RequestOutput, RequestTimes, TokenLogprob
-from .sampler import sample
+from .sampler import banned_tokens, sample
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
 from .sequence import FinishReason, Sequence
@@ -104,6 +104,9 @@ class LLMEngine:
         """Admit a request, or raise :class:`RequestError` (nothing of it is kept then)."""
         if request_id in self.requests:
             raise RequestError(f"request id {request_id!r} is already in use")
+        if self.loaded.bad_words:  # the model's own (generation_config.json), with the request's
+            params = replace(params, bad_words_token_ids=tuple(dict.fromkeys(params.bad_words_token_ids +
+                                                                              self.loaded.bad_words)))
         self._check_request(prompt_token_ids, params)
         now = time.monotonic()
         count = 1 if params.use_beam_search else params.n  # beams grow from one sequence
@@ -325,7 +328,11 @@ class LLMEngine:
     def _beam_row(self, seq: Sequence, logits: torch.Tensor) -> None:
         req = self.requests[seq.request_id]
         state = req.beam
-        state.rows[seq.seq_id] = logits.float().log_softmax(-1)
+        row = logits.float().log_softmax(-1)
+        banned = banned_tokens(seq, self.eos_ids)
+        if banned:  # bad words and min_tokens after the log-softmax, as transformers' processors apply them
+            row[list(banned)] = float("-inf")
+        state.rows[seq.seq_id] = row
         seq.paused = True
         live = [s for s in req.seqs if not s.finished]
         if state.ready(live):

@@ -154,7 +154,7 @@ class SamplingBatch:
             parts["repetition"] = [p.repetition_penalty for p in params]
             parts["presence"] = [p.presence_penalty for p in params]
             parts["frequency"] = [p.frequency_penalty for p in params]
-        bans = [r * vocab + t for r, s in enumerate(seqs) for t in _banned(s, stop_ids) if t < vocab]
+        bans = [r * vocab + t for r, s in enumerate(seqs) for t in banned_tokens(s, stop_ids) if t < vocab]
         if bans:
             parts["ban_cells"] = bans
             if any(s.grammar is not None for s in seqs):
@@ -215,7 +215,7 @@ def apply_penalties_and_bias(logits: torch.Tensor, batch: SamplingBatch) -> torc
     return logits
 
 
-def _banned(seq: Sequence, stop_ids) -> set[int]:
+def banned_tokens(seq: Sequence, stop_ids) -> set[int]:
     """Tokens ``seq`` may not take next: its stop tokens before ``min_tokens`` (vLLM's min_tokens), and the
     last token of each bad word whose other tokens end its output (vLLM's bad_words)."""
     p, out = seq.params, seq.output_token_ids

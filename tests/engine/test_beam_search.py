@@ -135,3 +135,23 @@ def test_forced_tokens_count_in_beam_lengths():
         state.advance([SimpleNamespace(seq_id=7, output_token_ids=[])])
         assert state.finished[0].token_ids == [0]
         assert state.finished[0].score == pytest.approx(float(logprobs[0]) / length ** 2.0)
+
+
+def test_model_bad_words_apply_to_sampling_and_beams(tmp_path):
+    """generation_config.json's bad_words_ids (Marian keeps its <pad> start token out) hold for every request: the
+    token greedy and beam search pick first without the ban never appears with it."""
+    from dataclasses import replace
+
+    from models import load_model
+
+    from ..encoder_models import save_marian
+
+    folder, _ = save_marian(tmp_path)
+    loaded = load_model(folder)
+    assert loaded.bad_words == ((loaded.config.pad_token_id,),)
+    prompt = [loaded.tokenizer.encode(">>fra<< Hello, how are you?")]
+    for params in (SamplingParams(max_tokens=8, temperature=0), replace(BEAMS, n=1, max_tokens=8)):
+        free = LLMEngine(replace(loaded, bad_words=()), EngineConfig()).generate(prompt, params)[0][0].token_ids
+        banned = replace(loaded, bad_words=((free[0],),))
+        out = LLMEngine(banned, EngineConfig()).generate(prompt, params)[0][0].token_ids
+        assert free[0] not in out and out[0] != free[0]

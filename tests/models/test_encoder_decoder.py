@@ -1,4 +1,5 @@
-"""T5 (ReLU and gated-GELU), BART and M2M100/NLLB: random small models from real configs against transformers."""
+"""T5 (ReLU and gated-GELU), BART, M2M100/NLLB and Marian: random small models from real configs against
+transformers."""
 from __future__ import annotations
 
 import pytest
@@ -44,6 +45,18 @@ def nllb():
                         decoder_start_token_id=2, eos_token_id=2, bos_token_id=0, pad_token_id=1)
 
 
+def marian():
+    from transformers import MarianConfig
+
+    # Helsinki-NLP/opus-mt-en-fr's config shrunk (512 wide, 6 + 6 layers, 8 heads); head_dim 64 kept; the decoder
+    # starts from the padding token, as Marian's does
+    return MarianConfig(vocab_size=1024, d_model=256, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                        decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512,
+                        max_position_embeddings=128, scale_embedding=True, activation_function="swish",
+                        pad_token_id=1023, decoder_start_token_id=1023, eos_token_id=0,
+                        share_encoder_decoder_embeddings=True, forced_eos_token_id=None)
+
+
 def noisy_norms_and_biases(hf) -> None:
     """Fresh norms are 1 and biases 0: randomise them (and T5's bias table) so they are exercised."""
     for name, p in hf.named_parameters():
@@ -54,11 +67,12 @@ def noisy_norms_and_biases(hf) -> None:
 
 
 def random_seq2seq(kind: str, folder, tokenizer, seed: int, perturb=None):
-    """A random "t5-relu" / "t5-gated-gelu" / "bart" / "nllb" saved in ``folder`` with ``tokenizer``:
+    """A random "t5-relu" / "t5-gated-gelu" / "bart" / "nllb" / "marian" saved in ``folder`` with ``tokenizer``:
     (kernelserve's load of it, the transformers model)."""
     from transformers import AutoModelForSeq2SeqLM
 
-    cfg = bart() if kind == "bart" else nllb() if kind == "nllb" else t5(kind.removeprefix("t5-"))
+    configs = {"bart": bart, "nllb": nllb, "marian": marian}
+    cfg = configs[kind]() if kind in configs else t5(kind.removeprefix("t5-"))
     torch.manual_seed(seed)
     hf = AutoModelForSeq2SeqLM.from_config(cfg).eval()
     if perturb is not None:
@@ -69,7 +83,7 @@ def random_seq2seq(kind: str, folder, tokenizer, seed: int, perturb=None):
     return load_model(str(folder)), hf
 
 
-@pytest.fixture(scope="module", params=["t5-relu", "t5-gated-gelu", "bart", "nllb"])
+@pytest.fixture(scope="module", params=["t5-relu", "t5-gated-gelu", "bart", "nllb", "marian"])
 def pair(request, tmp_path_factory, byte_bpe_tokenizer):
     ours, hf = random_seq2seq(request.param, tmp_path_factory.mktemp(request.param), byte_bpe_tokenizer, 0,
                               noisy_norms_and_biases)

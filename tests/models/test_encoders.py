@@ -250,3 +250,23 @@ def test_qwen3_reranker_scores_as_its_model_card(tmp_path, byte_bpe_tokenizer):
         assert score.item() == pytest.approx(expected.item(), abs=1e-5)
     with pytest.raises(ModelError, match="two tokens"):
         load_model(folder, hf_overrides={"classifier_from_token": ["yes"]})
+
+
+def test_marian_tokenizer_equals_transformers(tmp_path):
+    """The SentencePiece files converted at load encode as transformers' MarianTokenizer (slow, sentencepiece)
+    encodes: normalisation, unknown pieces, extra and trailing spaces, a leading target-language code, </s>."""
+    from transformers import MarianTokenizer
+
+    from models.tokenizer import Tokenizer
+
+    from ..encoder_models import MARIAN_CORPUS, save_marian_tokenizer
+
+    save_marian_tokenizer(tmp_path)
+    ours, theirs = Tokenizer.from_folder(str(tmp_path)), MarianTokenizer.from_pretrained(str(tmp_path))
+    texts = [*MARIAN_CORPUS, "  spaced   out  ", "trailing ", "ＦＵＬＬ width ①", "emoji 🙂 zzq", ">>fra<< Hello there.",
+             ">>spa<< ¿Dónde?", "tabs\tand\nnewlines", "x"]
+    for text in texts:
+        assert ours.encode(text) == theirs(text)["input_ids"], text
+    ids = theirs("Hello, how are you?")["input_ids"]
+    assert ours.decode(ids) == theirs.decode(ids, skip_special_tokens=True)
+    assert ours.eos_token == "</s>" and ours.token_id("<pad>") == ours.vocab_size - 1

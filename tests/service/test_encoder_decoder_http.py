@@ -147,3 +147,47 @@ def test_translation_language_errors(nllb_server, t5_server):
     t5 = openai.OpenAI(base_url=t5_server[0].url + "/v1", api_key="unused", max_retries=0)
     with pytest.raises(openai.BadRequestError, match="not a multilingual translation model"):
         t5.completions.create(model="t5-test", prompt="hello", max_tokens=4, extra_body={"target_lang": "fra_Latn"})
+
+
+@pytest.fixture(scope="module")
+def marian_server(tmp_path_factory):
+    from ..encoder_models import save_marian
+
+    folder, hf = save_marian(tmp_path_factory.mktemp("marian-served"))
+    server = Server("--model", f"marian-test={folder}")
+    yield server, hf, folder
+    server.stop()
+
+
+def test_marian_translation_with_target_code(marian_server):
+    """Multilingual Marian: target_lang writes ">>fra<<" before the text (or the text starts with it); greedy and
+    beam outputs equal generate's, <pad> (the decoder start) never generated (generation_config's bad_words_ids)."""
+    from models.tokenizer import Tokenizer
+
+    server, hf, folder = marian_server
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    tok = Tokenizer.from_folder(folder)
+    pad = hf.config.pad_token_id
+    for text in ("Hello, how are you?", "The weather is nice today."):
+        ids = tok.encode(">>spa<< " + text)
+        for beams in (1, 4):
+            with torch.no_grad():
+                ref = hf.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False, num_beams=beams,
+                                  bad_words_ids=[[pad]], early_stopping=False)[0, 1:].tolist()
+            expected = tok.decode([t for t in ref if t not in (0, pad)])
+            extra = {"target_lang": "spa"} if beams == 1 else {"use_beam_search": True, "best_of": 4}
+            prompt = text if beams == 1 else ">>spa<< " + text
+            done = client.completions.create(model="marian-test", prompt=prompt, max_tokens=10, temperature=0,
+                                             extra_body=extra)
+            assert done.choices[0].text == expected and done.usage.prompt_tokens == len(ids)
+    chat = client.chat.completions.create(model="marian-test", messages=[{"role": "user", "content": "Hello"}],
+                                          max_tokens=5, extra_body={"target_lang": ">>fra<<"})
+    assert chat.choices[0].finish_reason in ("stop", "length")
+    for extra, param in (({}, "target_lang"), ({"target_lang": "deu"}, "target_lang"),
+                         ({"target_lang": "fra", "source_lang": "eng"}, "source_lang")):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.completions.create(model="marian-test", prompt="Hello", max_tokens=3, extra_body=extra)
+        assert err.value.body["param"] == param
+    with pytest.raises(openai.BadRequestError, match="give one"):
+        client.completions.create(model="marian-test", prompt=">>fra<< Hello", max_tokens=3,
+                                  extra_body={"target_lang": "spa"})
