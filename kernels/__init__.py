@@ -39,7 +39,7 @@ __all__ = [
 
 def attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int, *,
               causal: bool, scale: float | None = None, position_bias=None,
-              window: tuple[int, int] | None = None) -> torch.Tensor:
+              window: tuple[int, int] | None = None, softcap: float | None = None) -> torch.Tensor:
     """Fused SDPA over a packed variable-length batch.
 
     q ``[total_q, Hq, D]``, k/v ``[total_k, Hkv, D]`` with ``Hq % Hkv == 0``;
@@ -50,23 +50,28 @@ def attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen
     (T5's relative attention bias). ``window = (left, right)`` (optional) is a
     sliding window: the query at position ``p`` sees keys ``p - left`` to ``p + right``
     only (Mistral/Gemma's causal window of W tokens is ``(W - 1, 0)``; ModernBERT's
-    local layers ``(64, 64)``).
+    local layers ``(64, 64)``). ``softcap`` (optional) replaces each scaled score
+    ``s`` by ``softcap * tanh(s / softcap)`` before the mask (Gemma 2's logit soft-capping).
     """
     fn = _pick(attention_triton, attention_ref, q)
     return fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal, scale=scale,
-              position_bias=position_bias, window=window)
+              position_bias=position_bias, window=window, softcap=softcap)
 
 
 def paged_attention(q, k_cache, v_cache, block_tables, seq_lens, *, scale: float | None = None,
-                    position_bias=None) -> torch.Tensor:
+                    position_bias=None, window: tuple[int, int] | None = None,
+                    softcap: float | None = None) -> torch.Tensor:
     """Decode attention, one query per sequence, over the paged KV cache.
 
     q ``[B, Hq, D]``; caches ``[num_blocks, block_size, Hkv, D]``; block_tables
     int32 ``[B, max_blocks]``; seq_lens int32 ``[B]``. Returns ``[B, Hq, D]``.
-    ``position_bias`` as in :func:`attention` (the query sits at ``seq_len - 1``).
+    ``position_bias``, ``window`` and ``softcap`` as in :func:`attention` (the query
+    sits at ``seq_len - 1``, so only a window's ``left`` matters; the kernel skips the
+    cache blocks behind it).
     """
     fn = _pick(paged_attention_triton, paged_attention_ref, q)
-    return fn(q, k_cache, v_cache, block_tables, seq_lens, scale=scale, position_bias=position_bias)
+    return fn(q, k_cache, v_cache, block_tables, seq_lens, scale=scale, position_bias=position_bias, window=window,
+              softcap=softcap)
 
 
 def store_kv(k, v, k_cache, v_cache, slot_mapping) -> None:

@@ -94,17 +94,18 @@ def _attention_variants() -> Iterator[Variant]:
     for (block_d, torch_dtype, bias), cfg in flash_attention.all_attention_configs().items():
         dt = next(k for k, v in DTYPE_OF.items() if v == str(torch_dtype).split(".")[-1])
         for head_dim in sorted({block_d, 80 if block_d == 128 else block_d}):
-            for causal, window in ((True, False), (False, False), (True, True), (False, True)):
-                if bias and (not causal or window):
+            for causal, window, softcap in ((True, False, False), (False, False, False), (True, True, False),
+                                            (False, True, False), (True, True, True), (True, False, True)):
+                if bias and (not causal or window or softcap):
                     continue  # bias variants: the causal kernel (the others differ only in masks)
                 args = {n: "i32" for n in fn.arg_names if n.startswith("stride")}
                 args.update(Q=f"*{dt}", K=f"*{dt}", V=f"*{dt}", O=f"*{dt}", cu_seqlens_q="*i32",
                             cu_seqlens_k="*i32", total_q="i32", total_k="i32", Bias="*fp32", qk_scale="fp32",
-                            bias_radius="i32", window_left="i32", window_right="i32", GROUP=4,
+                            bias_radius="i32", window_left="i32", window_right="i32", softcap="fp32", GROUP=4,
                             HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                            CAUSAL=causal, HAS_BIAS=bias, WINDOW=window)
-                yield Variant(f"attention d={head_dim} {dt} causal={causal} bias={bias} window={window}", fn, args,
-                              cfg.num_warps, cfg.num_stages)
+                            CAUSAL=causal, HAS_BIAS=bias, WINDOW=window, SOFTCAP=softcap)
+                yield Variant(f"attention d={head_dim} {dt} causal={causal} bias={bias} window={window} "
+                              f"softcap={softcap}", fn, args, cfg.num_warps, cfg.num_stages)
 
 
 def _paged_variants() -> Iterator[Variant]:
@@ -113,18 +114,21 @@ def _paged_variants() -> Iterator[Variant]:
         for head_dim in (64, 80, 128, 256):
             block_d = triton.next_power_of_2(head_dim)
             for block_size in paged.BLOCK_SIZES:
-                for group in (4, 32):  # GROUP_PAD 16 (any group <= 16) and 32
+                # GROUP_PAD 16 (any group <= 16) with the relative bias, 32, and Gemma's window + soft-capping
+                for group, masks in ((4, "bias"), (32, ""), (4, "window+softcap")):
                     args = {n: "i32" for n in fn.arg_names if n.startswith("stride")}
                     args.update(Q=f"*{dt}", K_cache=f"*{dt}", V_cache=f"*{dt}", block_tables="*i32",
                                 seq_lens="*i32", O=f"*{dt}", O_part="*fp32", M_part="*fp32", L_part="*fp32",
                                 Bias="*fp32", bias_radius="i32", num_blocks="i32", table_width="i32",
-                                HAS_BIAS=group == 4,
+                                window_left="i32", softcap="fp32", HAS_BIAS=masks == "bias",
+                                WINDOW="window" in masks, SOFTCAP="softcap" in masks,
                                 qk_scale="fp32", GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
                                 HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_SIZE=block_size,
                                 BLOCK_N=paged.paged_block_n(head_dim, getattr(torch, DTYPE_OF[dt])),
                                 PARTITION=paged.PARTITION, NUM_SPLITS=8)
                     warps = paged.paged_num_warps(args["GROUP_PAD"], block_d)
-                    yield Variant(f"paged_attention d={head_dim} {dt} bs={block_size} group={group}", fn, args, warps, 2)
+                    yield Variant(f"paged_attention d={head_dim} {dt} bs={block_size} group={group} {masks}".rstrip(),
+                                  fn, args, warps, 2)
             args = dict(O=f"*{dt}", O_part="*fp32", M_part="*fp32", L_part="*fp32", stride_ob="i32",
                         stride_oh="i32", HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=8, SPLITS_PAD=8)
             yield Variant(f"paged_attention_reduce {dt}", reduce_fn, args, 4, 2)

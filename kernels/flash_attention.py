@@ -31,12 +31,22 @@ MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 
 
 @triton.jit
+def softcap_scores(s, cap):
+    """``cap * tanh(s / cap)`` (Gemma 2's attention soft-capping), on scores already in base 2 with ``cap`` in the
+    same units; tanh from one exp2 of -2|x| (no overflow for any x)."""
+    x = s / cap
+    t = tl.math.exp2(-2.8853900817779268 * tl.abs(x))  # e^(-2|x|)
+    th = (1.0 - t) / (1.0 + t)
+    return cap * tl.where(x < 0, -th, th)
+
+
+@triton.jit
 def _attention_tile(
     acc, m_i, l_i, q, K, V, k_start, kv_head, len_k, offs_m, offs_d, start, end,
     stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, diag_shift, bias_row, bias_radius,
-    window_left, window_right,
+    window_left, window_right, softcap,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-    HAS_BIAS: tl.constexpr, WINDOW: tl.constexpr,
+    HAS_BIAS: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
 ):
     """Fold key blocks [start, end) into the running (acc, m_i, l_i).
 
@@ -56,6 +66,8 @@ def _attention_tile(
             k = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
             v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
         s = tl.dot(q, k) * qk_scale
+        if SOFTCAP:
+            s = softcap_scores(s, softcap)
         if HAS_BIAS:
             # relative position bias, constant beyond +-bias_radius (T5's buckets saturate)
             rel = cols[None, :] - (offs_m[:, None] + diag_shift)
@@ -77,10 +89,10 @@ def _attention_tile(
 def _attention_kernel(
     Q, K, V, O, cu_seqlens_q, cu_seqlens_k, total_q, total_k, Bias,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_bias,
-    qk_scale, bias_radius, window_left, window_right,
+    qk_scale, bias_radius, window_left, window_right, softcap,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr,
-    WINDOW: tl.constexpr,
+    WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
 ):
     # grid: (query tiles of the longest sequence, query heads, sequences)
     pid_m = tl.program_id(0)
@@ -128,12 +140,12 @@ def _attention_kernel(
     acc, m_i, l_i = _attention_tile(
         acc, m_i, l_i, q, K, V, k_start, kv_head, len_k, offs_m, offs_d, start, full_end,
         stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, diag_shift, bias_row, bias_radius,
-        window_left, window_right, HEAD_DIM, BLOCK_N, False, CAUSAL, HAS_BIAS, WINDOW,
+        window_left, window_right, softcap, HEAD_DIM, BLOCK_N, False, CAUSAL, HAS_BIAS, WINDOW, SOFTCAP,
     )
     acc, m_i, l_i = _attention_tile(
         acc, m_i, l_i, q, K, V, k_start, kv_head, len_k, offs_m, offs_d, full_end, end,
         stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, diag_shift, bias_row, bias_radius,
-        window_left, window_right, HEAD_DIM, BLOCK_N, True, CAUSAL, HAS_BIAS, WINDOW,
+        window_left, window_right, softcap, HEAD_DIM, BLOCK_N, True, CAUSAL, HAS_BIAS, WINDOW, SOFTCAP,
     )
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # rows that saw no key output 0
     out = acc / l_safe[:, None]
@@ -228,12 +240,22 @@ def check_window(window) -> tuple[int, int]:
     return int(window[0]), int(window[1])
 
 
+def check_softcap(softcap) -> float:
+    """A positive soft-capping bound (0.0: none)."""
+    if softcap is None:
+        return 0.0
+    if checking():
+        expect(isinstance(softcap, (int, float)) and softcap > 0, lambda: f"softcap: expected a positive number, got {softcap!r}")
+    return float(softcap)
+
+
 def attention_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal, scale=None,
-                     position_bias=None, window=None):
+                     position_bias=None, window=None, softcap=None):
     """Launch the Triton kernel. Arguments as :func:`kernels.attention`."""
     batch = _check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     radius = check_position_bias(position_bias, q)
     left, right = check_window(window)
+    cap = check_softcap(softcap)
     if causal and window is not None:
         right = 0  # the causal diagonal is the window's right edge: one comparison fewer per score
     head_dim = q.shape[2]
@@ -247,16 +269,16 @@ def attention_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     _attention_kernel[grid](
         q, k, v, out, cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], bias,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
-        bias.stride(0), scale * LOG2E, radius, left, right,
+        bias.stride(0), scale * LOG2E, radius, left, right, cap * LOG2E,
         GROUP=q.shape[1] // k.shape[1], HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CAUSAL=causal, HAS_BIAS=position_bias is not None,
-        WINDOW=window is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        WINDOW=window is not None, SOFTCAP=softcap is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
 
 
 def attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal, scale=None,
-                  position_bias=None, window=None):
+                  position_bias=None, window=None, softcap=None):
     """Torch path (the CPU serving path): one SDPA call per group of sequences with the same query and key
     lengths, on exactly their tokens; GQA through SDPA's ``enable_gqa``.
 
@@ -267,6 +289,7 @@ def attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
     _check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     check_position_bias(position_bias, q)
     window = None if window is None else check_window(window)
+    softcap = None if softcap is None else check_softcap(softcap)
     out = torch.zeros_like(q)
     if q.shape[0] == 0 or cu_seqlens_q.numel() < 2:
         return out
@@ -278,7 +301,9 @@ def attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
         members = ((lengths_q == len_q) & (lengths_k == len_k)).nonzero()[:, 0]  # no tensor from host data
         idx_q = _token_index(cu_seqlens_q[members], len_q)  # [G, Lq]
         idx_k = _token_index(cu_seqlens_k[members], len_k)
-        out[idx_q] = _sdpa_group(q[idx_q], k[idx_k], v[idx_k], causal, scale, position_bias, window)
+        group = _softcapped_group if softcap is not None else _sdpa_group
+        extra = (softcap,) if softcap is not None else ()
+        out[idx_q] = group(q[idx_q], k[idx_k], v[idx_k], causal, scale, position_bias, window, *extra)
     return out
 
 
@@ -316,3 +341,22 @@ def _sdpa_group(q, k, v, causal: bool, scale, position_bias, window=None) -> tor
                                        is_causal=causal and mask is None, scale=scale,
                                        enable_gqa=q.shape[2] != k.shape[2]).transpose(1, 2)
     return o if seen is None or bool(seen.all()) else torch.where(seen[None, :, :, None], o, 0.0)
+
+
+def _softcapped_group(q, k, v, causal: bool, scale, position_bias, window, softcap: float) -> torch.Tensor:
+    """As :func:`_sdpa_group` with ``softcap * tanh(scores / softcap)`` before the mask (Gemma 2), which SDPA
+    cannot do: the scores, soft-capping and softmax in float32, then probabilities @ v."""
+    len_q, len_k, hq, hkv = q.shape[1], k.shape[1], q.shape[2], k.shape[2]
+    rows = torch.arange(len_q, device=q.device) + (len_k - len_q)
+    cols = torch.arange(len_k, device=q.device)
+    kf = k.float().repeat_interleave(hq // hkv, dim=2)
+    vf = v.float().repeat_interleave(hq // hkv, dim=2)
+    scores = torch.einsum("gqhd,gkhd->ghqk", q.float(), kf) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    scores = softcap * torch.tanh(scores / softcap)
+    if position_bias is not None:
+        scores = scores + relative_bias_ref(position_bias, rows, cols).float()
+    visible = _visible(rows, cols, causal, window)
+    if visible is not None:
+        scores = scores.masked_fill(~visible, float("-inf"))
+    probs = scores.softmax(-1).nan_to_num(0.0)  # a row that sees no key: 0
+    return torch.einsum("ghqk,gkhd->gqhd", probs, vf).to(q.dtype)

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ._softmax import online_softmax_step
-from .flash_attention import check_position_bias, relative_bias_ref
+from .flash_attention import check_position_bias, check_softcap, check_window, relative_bias_ref, softcap_scores
 from ._validate import FLOAT_DTYPES, checking, check_indices, check_same_dtype, check_shape, check_tensor, expect
 
 LOG2E = 1.4426950408889634
@@ -53,9 +53,10 @@ def _paged_attention_kernel(
     Q, K_cache, V_cache, block_tables, seq_lens, O, O_part, M_part, L_part, Bias,
     stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_bt, stride_ob, stride_oh, stride_bias, qk_scale, bias_radius, num_blocks, table_width,
+    window_left, softcap,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, PARTITION: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, HAS_BIAS: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
 ):
     # grid: (sequences, KV heads, partitions)
     seq = tl.program_id(0)
@@ -64,6 +65,10 @@ def _paged_attention_kernel(
     seq_len = tl.load(seq_lens + seq)
     start = split * PARTITION
     end = tl.minimum(start + PARTITION, seq_len)
+    first = 0
+    if WINDOW:  # the query (at seq_len - 1) sees keys from seq_len - 1 - left on: the tiles behind are skipped
+        first = seq_len - 1 - window_left
+        start = tl.maximum(start, first // BLOCK_N * BLOCK_N)
 
     offs_g = tl.arange(0, GROUP_PAD)
     offs_d = tl.arange(0, BLOCK_D)
@@ -87,6 +92,10 @@ def _paged_attention_kernel(
         k = tl.load(K_cache + slots_k[None, :] + offs_d[:, None], mask=d_ok[:, None] & t_ok[None, :], other=0.0)
         v = tl.load(V_cache + slots_v[:, None] + offs_d[None, :], mask=t_ok[:, None] & d_ok[None, :], other=0.0)
         s = tl.dot(q, k) * qk_scale
+        if SOFTCAP:
+            s = softcap_scores(s, softcap)
+        if WINDOW:
+            t_ok = t_ok & (toks >= first)
         if HAS_BIAS:  # relative position bias; the query sits at position seq_len - 1
             rel = tl.minimum(tl.maximum(toks - (seq_len - 1), -bias_radius), bias_radius) + bias_radius
             s += tl.load(Bias + heads[:, None] * stride_bias + rel[None, :], mask=g_ok[:, None], other=0.0) * 1.4426950408889634
@@ -192,10 +201,13 @@ def _check_paged_args(q, k_cache, v_cache, block_tables, seq_lens):
                lambda: f"block_tables: entries must index k_cache's {k_cache.shape[0]} blocks")
 
 
-def paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, *, scale=None, position_bias=None):
+def paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, *, scale=None, position_bias=None,
+                           window=None, softcap=None):
     """Launch flash-decoding over the paged cache. Arguments as :func:`kernels.paged_attention`."""
     _check_paged_args(q, k_cache, v_cache, block_tables, seq_lens)
     radius = check_position_bias(position_bias, q)
+    left, _ = check_window(window)
+    cap = check_softcap(softcap)
     batch, hq, d = q.shape
     hkv, block_size = k_cache.shape[2], k_cache.shape[1]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
@@ -218,9 +230,9 @@ def paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, *, scale
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1), bias.stride(0), scale * LOG2E, radius,
-        k_cache.shape[0], block_tables.shape[1], GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=d, BLOCK_D=block_d,
+        k_cache.shape[0], block_tables.shape[1], left, cap * LOG2E, GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=d, BLOCK_D=block_d,
         BLOCK_SIZE=block_size, BLOCK_N=paged_block_n(d, q.dtype), PARTITION=PARTITION, NUM_SPLITS=num_splits,
-        HAS_BIAS=position_bias is not None,
+        HAS_BIAS=position_bias is not None, WINDOW=window is not None, SOFTCAP=softcap is not None,
         num_warps=paged_num_warps(group_pad, block_d), num_stages=2,
     )
     if num_splits > 1:
@@ -232,7 +244,8 @@ def paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, *, scale
     return out
 
 
-def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, *, scale=None, position_bias=None):
+def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, *, scale=None, position_bias=None,
+                        window=None, softcap=None):
     """Torch path: gather each sequence's blocks, then two batched matmuls around a masked softmax.
 
     Decode attention is one query row per (sequence, head): SDPA's CPU kernels pay their tiling for
@@ -242,6 +255,8 @@ def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, *, scale=No
     """
     _check_paged_args(q, k_cache, v_cache, block_tables, seq_lens)
     check_position_bias(position_bias, q)
+    left = None if window is None else check_window(window)[0]
+    softcap = None if softcap is None else check_softcap(softcap)
     batch, hq, d = q.shape
     if batch == 0:
         return torch.empty_like(q)
@@ -261,6 +276,11 @@ def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, *, scale=No
     # float32 scores and probabilities, as SDPA's kernels keep them: a 16-bit QK^T would round the logits
     scores = torch.matmul(q.view(batch, hkv, hq // hkv, d).float(), k.float().transpose(-1, -2))  # [B, Hkv, G, ctx]
     scores *= d ** -0.5 if scale is None else scale
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    if left is not None:  # keys behind the window: the query sits at seq_len - 1
+        behind = positions[None, :] < (seq_lens.long() - 1 - left)[:, None]  # [B, ctx]
+        scores = scores.masked_fill(behind[:, None, None, :], float("-inf"))
     if position_bias is not None:
         rows = (seq_lens.long() - 1)[:, None]  # the query's position
         bias = relative_bias_ref(position_bias, rows, positions[None].expand(batch, -1))  # [B, H, 1, ctx]

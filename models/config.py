@@ -74,6 +74,13 @@ class DecoderConfig:
     tie_word_embeddings: bool = True
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling = field(default_factory=RopeScaling)
+    # Gemma 2 / 3: each layer's sliding window in tokens (0: global), the sliding layers' rotary theta, scores
+    # scaled by query_scale, attention and final-logit soft-capping
+    layer_windows: tuple[int, ...] = ()
+    local_rope_theta: float = 0.0
+    query_scale: float | None = None
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -143,7 +150,7 @@ def activation_from_hf(name: str) -> str:
 
 
 def llama_config(cfg: dict) -> DecoderConfig:
-    if cfg.get("use_sliding_window") and cfg.get("sliding_window"):
+    if cfg.get("use_sliding_window") and cfg.get("sliding_window") and not cfg["model_type"].startswith("gemma"):
         raise ModelError(f"config.json: sliding-window attention ({cfg['sliding_window']} tokens) is not supported yet")
     heads = cfg["num_attention_heads"]
     hidden = cfg["hidden_size"]
@@ -159,6 +166,31 @@ def llama_config(cfg: dict) -> DecoderConfig:
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", cfg["model_type"] != "llama")),
         rope_theta=rope_theta(cfg), rope_scaling=RopeScaling.from_hf(cfg),
     )
+
+
+def gemma_config(cfg: dict) -> DecoderConfig:
+    """Gemma 2 and Gemma 3 (text): layer_types (transformers 5) or the older sliding_window_pattern; the global
+    layers' rotary (with its scaling) and the sliding ones' (Gemma 3's rope_local_base_freq)."""
+    if "text_config" in cfg:
+        raise ModelError("config.json: multimodal Gemma 3 checkpoints are not supported; serve a text-only one "
+                         "(gemma3_text)")
+    layers = cfg["num_hidden_layers"]
+    pattern = cfg.get("sliding_window_pattern", 2 if cfg["model_type"] == "gemma2" else 6)
+    types = cfg.get("layer_types") or ["sliding_attention" if (i + 1) % pattern else "full_attention"
+                                       for i in range(layers)]
+    window = cfg.get("sliding_window") or 0
+    rope = cfg.get("rope_parameters") or {}
+    full = rope.get("full_attention", rope) if isinstance(rope.get("full_attention"), dict) else rope
+    local = rope.get("sliding_attention") if isinstance(rope.get("sliding_attention"), dict) else {}
+    base = llama_config({**cfg, "rope_parameters": full or None})
+    return dataclasses.replace(
+        base, qkv_bias=bool(cfg.get("attention_bias", False)), qk_norm=cfg["model_type"] == "gemma3_text",
+        activation=activation_from_hf(cfg.get("hidden_activation") or cfg.get("hidden_act", "gelu_pytorch_tanh")),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+        layer_windows=tuple(window if t == "sliding_attention" else 0 for t in types),
+        local_rope_theta=float(local.get("rope_theta", cfg.get("rope_local_base_freq", base.rope_theta))),
+        query_scale=float(cfg.get("query_pre_attn_scalar", base.head_dim)) ** -0.5,
+        attn_softcap=cfg.get("attn_logit_softcapping"), final_softcap=cfg.get("final_logit_softcapping"))
 
 
 def gpt2_config(cfg: dict) -> DecoderConfig:
@@ -227,6 +259,7 @@ def modernbert_config(cfg: dict) -> EncoderConfig:
 
 
 CONFIG_READERS = {"llama": llama_config, "mistral": llama_config, "qwen2": llama_config, "qwen3": llama_config,
+                  "gemma2": gemma_config, "gemma3_text": gemma_config,
                   "gpt2": gpt2_config, "bert": bert_config, "roberta": bert_config, "xlm-roberta": bert_config,
                   "modernbert": modernbert_config}
 

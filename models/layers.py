@@ -34,16 +34,14 @@ def gather_kv(cache: KVCache, slots: torch.Tensor) -> KVCache:
 
 def self_attention(q, k, v, meta: AttentionMetadata, cache: KVCache | None, *, causal: bool,
                    scale: float | None, position_bias: torch.Tensor | None = None,
-                   window: tuple[int, int] | None = None) -> torch.Tensor:
+                   window: tuple[int, int] | None = None, softcap: float | None = None) -> torch.Tensor:
     """Attention for one layer of a packed step. q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq, D].
 
     With a cache, the step's K/V are stored first; prefill tokens then attend
     over their keys (read back from the cache when a prefix was cached) and
-    decode tokens attend over the cache. ``window``: a sliding window (see
-    ``kernels.attention``), for full-sequence passes (the paged decode kernel has none yet).
+    decode tokens attend over the cache. ``window`` (a sliding window) and ``softcap``
+    (score soft-capping) as in ``kernels.attention``, for prefill and decode alike.
     """
-    if window is not None and meta.num_decode_tokens:
-        raise NotImplementedError("sliding-window attention over the paged cache (decode) is not implemented")
     if cache is not None and meta.slot_mapping is not None:
         kernels.store_kv(k, v, cache[0], cache[1], meta.slot_mapping)
     p = meta.num_prefill_tokens
@@ -51,14 +49,16 @@ def self_attention(q, k, v, meta: AttentionMetadata, cache: KVCache | None, *, c
         kp, vp = (k, v) if meta.prefill_kv_slots is None else gather_kv(cache, meta.prefill_kv_slots)
         return kernels.attention(q, kp, vp, meta.cu_seqlens_q, meta.cu_seqlens_k, meta.max_seqlen_q,
                                  meta.max_seqlen_k, causal=causal, scale=scale, position_bias=position_bias,
-                                 window=window)
+                                 window=window, softcap=softcap)
     out = torch.empty_like(q)
     if p:
         kp, vp = (k[:p], v[:p]) if meta.prefill_kv_slots is None else gather_kv(cache, meta.prefill_kv_slots)
         out[:p] = kernels.attention(q[:p], kp, vp, meta.cu_seqlens_q, meta.cu_seqlens_k, meta.max_seqlen_q,
-                                    meta.max_seqlen_k, causal=causal, scale=scale, position_bias=position_bias)
+                                    meta.max_seqlen_k, causal=causal, scale=scale, position_bias=position_bias,
+                                    window=window, softcap=softcap)
     out[p:] = kernels.paged_attention(q[p:], cache[0], cache[1], meta.decode_block_tables,
-                                      meta.decode_seq_lens, scale=scale, position_bias=position_bias)
+                                      meta.decode_seq_lens, scale=scale, position_bias=position_bias,
+                                      window=window, softcap=softcap)
     return out
 
 

@@ -21,6 +21,7 @@ from .bart import BartForConditionalGeneration
 from .bert import BertModel
 from .config import DecoderConfig, EncoderConfig, EncoderDecoderConfig, ModelError, config_from_hf
 from .cross_encoder import ForSequenceClassification, TokenPairScorer
+from .gemma import GemmaForCausalLM
 from .gpt2 import GPT2LMHeadModel
 from .layers import QuantizedLinear, quantize_linears
 from .llama import LlamaForCausalLM
@@ -35,6 +36,7 @@ from .weights import iter_safetensors, iter_torch_bin, load_weights, safetensors
 log = logging.getLogger("kernelserve.models")
 
 ARCHITECTURES = {"llama": LlamaForCausalLM, "mistral": LlamaForCausalLM, "qwen2": LlamaForCausalLM, "qwen3": LlamaForCausalLM,
+                 "gemma2": GemmaForCausalLM, "gemma3_text": GemmaForCausalLM,
                  "gpt2": GPT2LMHeadModel, "bert": BertModel, "roberta": BertModel, "xlm-roberta": BertModel,
                  "modernbert": ModernBertModel, "t5": T5ForConditionalGeneration,
                  "bart": BartForConditionalGeneration, "marian": BartForConditionalGeneration, "m2m_100": M2M100ForConditionalGeneration}
@@ -194,6 +196,8 @@ def load_folder(folder: str, dtype: torch.dtype, name: str, overrides: dict | No
     model = _build(cfg, dtype)
     total = sum(1 for _ in model.parameters())
     load_weights(model, _progress(tensors, total, name), model.rules, model.shard_sizes())
+    if hasattr(model, "after_load"):  # a checkpoint convention to fold in once (Gemma's 1 + w norms)
+        model.after_load()
     tokenizer = Tokenizer.from_folder(folder)
     encoder = isinstance(cfg, EncoderConfig) and not cfg.num_labels
     pooling = Pooling.from_sentence_transformers(folder) if encoder or decoder_embedder else None

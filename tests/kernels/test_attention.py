@@ -13,7 +13,7 @@ from .conftest import DTYPES, assert_close, attention_dot_rms, cu_seqlens, rand
 IMPLS = {"triton": attention_triton, "torch": attention_ref}
 
 
-def attention_f64(q, k, v, lens_q, lens_k, causal, scale, bias=None, window=None):
+def attention_f64(q, k, v, lens_q, lens_k, causal, scale, bias=None, window=None, softcap=None):
     """softmax(scale * q k^T + bias + mask) v per sequence, in float64; keyless rows are 0. ``window`` (left,
     right): query i at position p = i + lk - lq sees keys p - left .. p + right only."""
     q, k, v = q.double().cpu(), k.double().cpu(), v.double().cpu()
@@ -25,6 +25,8 @@ def attention_f64(q, k, v, lens_q, lens_k, causal, scale, bias=None, window=None
         kb = k[ks:ks + lk].repeat_interleave(group, dim=1)
         vb = v[ks:ks + lk].repeat_interleave(group, dim=1)
         s = torch.einsum("qhd,khd->hqk", qb, kb) * scale
+        if softcap is not None:
+            s = softcap * torch.tanh(s / softcap)
         if bias is not None:  # query i is at position i + lk - lq; bias by key - query distance
             radius = (bias.shape[1] - 1) // 2
             for i in range(lq):
@@ -179,3 +181,19 @@ def test_attention_window_is_checked(impl, device):
     for bad in ((-1, 3), (2,), (1.5, 2)):
         with pytest.raises(ValueError, match="window"):
             IMPLS[impl](q, q, q, cu, cu, 6, 6, causal=False, window=bad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("window", [None, (31, 0)], ids=["nowindow", "window31"])
+@pytest.mark.parametrize("case", ["self", "prefix-hit"])
+def test_attention_softcap(impl, device, dtype, window, case):
+    """Gemma 2's soft-capping (cap * tanh(s / cap) before the mask), causal, with and without a window."""
+    torch.manual_seed(9)
+    lens_q, lens_k = CASES[case]
+    q = rand(sum(lens_q), 4, 64, dtype=dtype, device=device) * 3  # scores well past the cap
+    k = rand(sum(lens_k), 2, 64, dtype=dtype, device=device)
+    v = rand(sum(lens_k), 2, 64, dtype=dtype, device=device)
+    out = IMPLS[impl](q, k, v, cu_seqlens(lens_q, device), cu_seqlens(lens_k, device), max(lens_q), max(lens_k),
+                      causal=True, scale=1.0 / 8, window=window, softcap=1.5)
+    assert_close(out, attention_f64(q, k, v, lens_q, lens_k, True, 1.0 / 8, window=window, softcap=1.5), dtype,
+                 dot_rms=attention_dot_rms(3.0 / 8, 64))

@@ -20,8 +20,9 @@ PAGED = {"triton": paged_attention_triton, "torch": paged_attention_ref}
 STORE = {"triton": store_kv_triton, "torch": store_kv_ref}
 
 
-def paged_f64(q, k_cache, v_cache, block_tables, seq_lens, scale, bias=None):
-    """Gather each sequence's tokens one by one, then softmax(q k^T) v in float64."""
+def paged_f64(q, k_cache, v_cache, block_tables, seq_lens, scale, bias=None, window_left=None, softcap=None):
+    """Gather each sequence's tokens one by one, then softmax(q k^T) v in float64 (soft-capped scores, keys
+    behind a window of ``window_left`` masked)."""
     q, k_cache, v_cache = q.double().cpu(), k_cache.double().cpu(), v_cache.double().cpu()
     block_size = k_cache.shape[1]
     group = q.shape[1] // k_cache.shape[2]
@@ -33,6 +34,10 @@ def paged_f64(q, k_cache, v_cache, block_tables, seq_lens, scale, bias=None):
         k = torch.stack([k_cache[blk, off] for blk, off in slots]).repeat_interleave(group, 1)  # [n, Hq, D]
         v = torch.stack([v_cache[blk, off] for blk, off in slots]).repeat_interleave(group, 1)
         s = torch.einsum("hd,thd->ht", q[b], k) * scale
+        if softcap is not None:
+            s = softcap * torch.tanh(s / softcap)
+        if window_left is not None:
+            s[:, : max(0, n - 1 - window_left)] = float("-inf")
         if bias is not None:
             radius = (bias.shape[1] - 1) // 2
             rel = (torch.arange(n) - (n - 1)).clamp(-radius, radius) + radius
@@ -163,3 +168,25 @@ def test_paged_kernels_skip_out_of_range_indices(impl, device, monkeypatch):
     before = k_cache.clone()
     STORE[impl](k, k, k_cache, v_cache, torch.tensor([3, 4 * 16], device=device))
     assert torch.equal(k_cache[0, 3], k[0]) and torch.equal(k_cache.view(-1, 2, 64)[4:], before.view(-1, 2, 64)[4:])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("window_left", [None, 0, 5, 40, PARTITION + 3], ids=lambda w: f"window{w}")
+@pytest.mark.parametrize("softcap", [None, 1.5], ids=["nocap", "cap1.5"])
+def test_paged_attention_window_and_softcap(impl, device, dtype, window_left, softcap):
+    """Mistral/Gemma sliding windows (the query at seq_len - 1 sees keys from seq_len - 1 - left on; whole tiles and
+    partitions behind it skipped) and Gemma 2's soft-capping, across split-KV partitions."""
+    if window_left is None and softcap is None:
+        pytest.skip("the plain case is test_paged_attention_matches_float64")
+    g = torch.Generator().manual_seed(5)
+    seq_lens, block_size = [1, 17, 0, 129, 2 * PARTITION + 37], 16
+    num_blocks = sum(math.ceil(n / block_size) for n in seq_lens) + 3
+    k_cache = rand(num_blocks, block_size, 2, 64, dtype=dtype, device=device, generator=g)
+    v_cache = rand(num_blocks, block_size, 2, 64, dtype=dtype, device=device, generator=g)
+    tables = random_tables(seq_lens, block_size, num_blocks, g).to(device)
+    lens = torch.tensor(seq_lens, dtype=torch.int32, device=device)
+    q = rand(len(seq_lens), 8, 64, dtype=dtype, device=device, generator=g) * 3  # scores past the cap
+    window = None if window_left is None else (window_left, 0)
+    out = PAGED[impl](q, k_cache, v_cache, tables, lens, scale=0.125, window=window, softcap=softcap)
+    assert_close(out, paged_f64(q, k_cache, v_cache, tables, lens, 0.125, window_left=window_left, softcap=softcap),
+                 dtype, dot_rms=attention_dot_rms(0.125 * 3, 64))

@@ -31,6 +31,24 @@ def llama_family(kind):
     return MistralConfig(num_key_value_heads=2, sliding_window=None, **common)
 
 
+def gemma_family(kind):
+    """google/gemma-2-2b and gemma-3-1b-pt configs shrunk (width 256, head_dim 64) with 8-token sliding windows, so
+    prompts and generations cross them in prefill and in decode; query_pre_attn_scalar 256 as the real ones."""
+    from transformers import Gemma2Config, Gemma3TextConfig
+
+    common = dict(vocab_size=1024, hidden_size=256, intermediate_size=512, num_attention_heads=4, head_dim=64,
+                  max_position_embeddings=512, query_pre_attn_scalar=256, sliding_window=8, rms_norm_eps=1e-6,
+                  hidden_activation="gelu_pytorch_tanh")
+    if kind == "gemma2":
+        return Gemma2Config(num_hidden_layers=4, num_key_value_heads=2, attn_logit_softcapping=50.0,
+                            final_logit_softcapping=30.0, **common)
+    return Gemma3TextConfig(num_hidden_layers=6, num_key_value_heads=1, sliding_window_pattern=6,
+                            rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0,
+                                                                "rope_theta": 1000000.0},
+                                             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+                            **common)
+
+
 def gpt2_config():
     from transformers import GPT2Config
 
@@ -52,10 +70,12 @@ def save_random(cfg, folder, tokenizer):
     return model
 
 
-@pytest.fixture(scope="module", params=["llama-gqa", "llama3-scaled", "qwen2-bias", "qwen3", "mistral", "gpt2"])
+@pytest.fixture(scope="module", params=["llama-gqa", "llama3-scaled", "qwen2-bias", "qwen3", "mistral", "gpt2",
+                                        "gemma2", "gemma3"])
 def random_decoder(request, tmp_path_factory, byte_bpe_tokenizer):
     folder = tmp_path_factory.mktemp(request.param)
-    cfg = gpt2_config() if request.param == "gpt2" else llama_family(request.param)
+    kind = request.param
+    cfg = gpt2_config() if kind == "gpt2" else gemma_family(kind) if kind.startswith("gemma") else llama_family(kind)
     hf = save_random(cfg, folder, byte_bpe_tokenizer)
     return load_model(str(folder)), hf
 
