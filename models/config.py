@@ -16,17 +16,35 @@ class ModelError(ValueError):
 
 @dataclass(frozen=True)
 class RopeScaling:
-    kind: str = "default"  # default | linear | llama3
+    """Rotary scaling as Hugging Face's ``_compute_*_parameters`` define it: ``default``, ``linear``, ``llama3``,
+    ``yarn`` (Qwen3 / DeepSeek long context) and ``longrope`` (Phi-3 / Phi-4-mini)."""
+    kind: str = "default"
     factor: float = 1.0
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position: int = 8192
+    # yarn
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float = 0.0
+    mscale_all_dim: float = 0.0
+    truncate: bool = True
+    attention_factor: float | None = None  # cos and sin are multiplied by it (yarn, longrope)
+    # longrope: per-frequency divisors within the original context and beyond it
+    short_factor: tuple[float, ...] = ()
+    long_factor: tuple[float, ...] = ()
 
-    def inv_freq(self, rot_dim: int, theta: float) -> torch.Tensor:
-        """Rotary frequencies after scaling (Hugging Face's ``_compute_*_parameters``)."""
-        inv_freq = 1.0 / (theta ** (torch.arange(0, rot_dim, 2, dtype=torch.int64).float() / rot_dim))
+    def inv_freq(self, rot_dim: int, theta: float, long: bool = False) -> torch.Tensor:
+        """Rotary frequencies after scaling (``long``: longrope's factors for positions past the original context)."""
+        exponents = torch.arange(0, rot_dim, 2, dtype=torch.int64).float() / rot_dim
+        inv_freq = 1.0 / (theta ** exponents)
         if self.kind == "linear":
             return inv_freq / self.factor
+        if self.kind == "longrope":
+            factors = torch.tensor(self.long_factor if long else self.short_factor, dtype=torch.float32)
+            return 1.0 / (factors * theta ** exponents)
+        if self.kind == "yarn":
+            return self._yarn(rot_dim, theta)
         if self.kind != "llama3":
             return inv_freq
         # llama3: long wavelengths divided by factor, short ones kept, a smooth blend between
@@ -39,15 +57,70 @@ class RopeScaling:
         medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
         return torch.where(medium, blended, scaled)
 
+    def _yarn(self, dim: int, theta: float) -> torch.Tensor:
+        """YaRN (Peng et al., 2023): frequencies above beta_fast rotations over the original context kept,
+        below beta_slow divided by ``factor``, a linear ramp between."""
+        def correction_dim(rotations: float) -> float:
+            return dim * math.log(self.original_max_position / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+        low, high = correction_dim(self.beta_fast), correction_dim(self.beta_slow)
+        if self.truncate:
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, dim - 1)
+        high = high + 0.001 if low == high else high
+        ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+        pos_freqs = theta ** (torch.arange(0, dim, 2).float() / dim)
+        keep = 1 - ramp  # 1: extrapolate (the original frequency), 0: interpolate (divided by factor)
+        return 1.0 / (self.factor * pos_freqs) * (1 - keep) + 1.0 / pos_freqs * keep
+
+    def scaling(self, max_position: int) -> float:
+        """What cos and sin are multiplied by: YaRN's mscale, LongRoPE's sqrt(1 + ln s / ln L), else 1."""
+        if self.attention_factor is not None:
+            return self.attention_factor
+        if self.kind == "yarn":
+            def mscale(scale: float, m: float = 1.0) -> float:
+                return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+            if self.mscale and self.mscale_all_dim:
+                return mscale(self.factor, self.mscale) / mscale(self.factor, self.mscale_all_dim)
+            return mscale(self.factor)
+        if self.kind == "longrope":
+            factor = self.factor
+            return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(self.original_max_position))
+        return 1.0
+
+    def cos_sin_cache(self, rot_dim: int, theta: float, max_position: int) -> torch.Tensor:
+        """``[max_position, rot_dim]`` cos | sin table. LongRoPE: short factors for positions inside the original
+        context, long ones past it, by position (so a row never depends on the batch; transformers switches the
+        whole sequence once it grows past the original context)."""
+        table = rotary_cos_sin_cache(rot_dim, max_position, inv_freq=self.inv_freq(rot_dim, theta))
+        if self.kind == "longrope" and max_position > self.original_max_position:
+            long = rotary_cos_sin_cache(rot_dim, max_position, inv_freq=self.inv_freq(rot_dim, theta, long=True))
+            table[self.original_max_position:] = long[self.original_max_position:]
+        factor = self.scaling(max_position)
+        return table if factor == 1.0 else table * factor
+
     @staticmethod
     def from_hf(cfg: dict) -> "RopeScaling":
         params = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
         kind = params.get("rope_type", params.get("type", "default")) or "default"
-        if kind not in ("default", "linear", "llama3"):
-            raise ModelError(f"config.json: rope scaling {kind!r} is not supported (default, linear, llama3)")
-        return RopeScaling(kind, float(params.get("factor", 1.0)), float(params.get("low_freq_factor", 1.0)),
-                           float(params.get("high_freq_factor", 4.0)),
-                           int(params.get("original_max_position_embeddings", 8192)))
+        if kind not in ("default", "linear", "llama3", "yarn", "longrope"):
+            raise ModelError(f"config.json: rope scaling {kind!r} is not supported (default, linear, llama3, yarn, "
+                             "longrope)")
+        original = params.get("original_max_position_embeddings") or cfg.get("original_max_position_embeddings")
+        if kind in ("yarn", "longrope") and not original:
+            original = cfg.get("max_position_embeddings", 8192) if kind == "yarn" else None
+            if original is None:
+                raise ModelError("config.json: longrope scaling needs original_max_position_embeddings")
+        factor = params.get("factor")
+        if factor is None and kind in ("yarn", "longrope"):  # the ratio of the context to the original one
+            factor = cfg.get("max_position_embeddings", original) / original
+        return RopeScaling(
+            kind, float(factor if factor is not None else 1.0), float(params.get("low_freq_factor", 1.0)),
+            float(params.get("high_freq_factor", 4.0)), int(original or 8192),
+            beta_fast=float(params.get("beta_fast") or 32), beta_slow=float(params.get("beta_slow") or 1),
+            mscale=float(params.get("mscale") or 0), mscale_all_dim=float(params.get("mscale_all_dim") or 0),
+            truncate=bool(params.get("truncate", True)), attention_factor=params.get("attention_factor"),
+            short_factor=tuple(params.get("short_factor") or ()), long_factor=tuple(params.get("long_factor") or ()))
 
 
 def rope_theta(cfg: dict) -> float:
@@ -77,6 +150,9 @@ class DecoderConfig:
     # Gemma 2 / 3: each layer's sliding window in tokens (0: global), the sliding layers' rotary theta, scores
     # scaled by query_scale, attention and final-logit soft-capping
     layer_windows: tuple[int, ...] = ()
+    partial_rotary_factor: float = 1.0
+    # SmolLM3: False for the layers without rotary positions (every fourth); () means every layer has them
+    rope_layers: tuple[bool, ...] = ()
     local_rope_theta: float = 0.0
     query_scale: float | None = None
     attn_softcap: float | None = None
@@ -94,9 +170,13 @@ class DecoderConfig:
     def kv_size(self) -> int:
         return self.num_kv_heads * self.head_dim
 
+    @property
+    def rot_dim(self) -> int:
+        """Features each head rotates (Phi-4-mini's partial_rotary_factor 0.75: three quarters)."""
+        return int(self.head_dim * self.partial_rotary_factor)
+
     def cos_sin_cache(self) -> torch.Tensor:
-        inv_freq = self.rope_scaling.inv_freq(self.head_dim, self.rope_theta)
-        return rotary_cos_sin_cache(self.head_dim, self.max_position, inv_freq=inv_freq)
+        return self.rope_scaling.cos_sin_cache(self.rot_dim, self.rope_theta, self.max_position)
 
 
 @dataclass(frozen=True)
@@ -149,9 +229,20 @@ def activation_from_hf(name: str) -> str:
     return _HF_ACT[name]
 
 
+def _windows(cfg: dict, layers: int) -> tuple[int, ...]:
+    """Mistral / Phi-3: ``sliding_window`` on every layer; Qwen2/3 only with ``use_sliding_window`` (refused)."""
+    window = cfg.get("sliding_window")
+    if not window or cfg["model_type"].startswith("gemma"):
+        return ()
+    if cfg["model_type"] in ("qwen2", "qwen3", "smollm3"):
+        if cfg.get("use_sliding_window"):
+            raise ModelError(f"config.json: {cfg['model_type']}'s use_sliding_window (layers from max_window_layers "
+                             "on) is not supported")
+        return ()
+    return (int(window),) * layers
+
+
 def llama_config(cfg: dict) -> DecoderConfig:
-    if cfg.get("use_sliding_window") and cfg.get("sliding_window") and not cfg["model_type"].startswith("gemma"):
-        raise ModelError(f"config.json: sliding-window attention ({cfg['sliding_window']} tokens) is not supported yet")
     heads = cfg["num_attention_heads"]
     hidden = cfg["hidden_size"]
     return DecoderConfig(
@@ -165,6 +256,10 @@ def llama_config(cfg: dict) -> DecoderConfig:
         qk_norm=cfg["model_type"] == "qwen3",
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", cfg["model_type"] != "llama")),
         rope_theta=rope_theta(cfg), rope_scaling=RopeScaling.from_hf(cfg),
+        layer_windows=_windows(cfg, cfg["num_hidden_layers"]),
+        partial_rotary_factor=float((cfg.get("rope_parameters") or {}).get(
+            "partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))),
+        rope_layers=tuple(bool(x) for x in cfg.get("no_rope_layers") or ()),
     )
 
 
@@ -259,6 +354,7 @@ def modernbert_config(cfg: dict) -> EncoderConfig:
 
 
 CONFIG_READERS = {"llama": llama_config, "mistral": llama_config, "qwen2": llama_config, "qwen3": llama_config,
+                  "smollm3": llama_config, "phi3": llama_config,
                   "gemma2": gemma_config, "gemma3_text": gemma_config,
                   "gpt2": gpt2_config, "bert": bert_config, "roberta": bert_config, "xlm-roberta": bert_config,
                   "modernbert": modernbert_config}

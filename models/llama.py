@@ -1,5 +1,7 @@
-"""Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, SmolLM2): RMSNorm, SwiGLU, RoPE, GQA; Qwen3 adds an
-RMSNorm over each head's query and key (``q_norm``/``k_norm``) before rotary.
+"""Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, SmolLM2/3, Phi-3/Phi-4-mini): RMSNorm, SwiGLU, RoPE, GQA.
+Qwen3 adds an RMSNorm over each head's query and key (``q_norm``/``k_norm``) before rotary; SmolLM3 leaves rotary
+out of every fourth layer; Phi-3 rotates part of each head (``partial_rotary_factor``) with LongRoPE; Mistral
+and Phi-3 attend within a sliding window.
 
 Parameter names follow the Hugging Face checkpoints, except that q/k/v and
 gate/up are stacked into ``qkv_proj`` and ``gate_up_proj`` (one GEMM each).
@@ -27,12 +29,25 @@ RULES = CheckpointRules(
 )
 # tied embeddings: the head is the embedding matrix; a copy of it in the file (or an embedder's unused head) is skipped
 TIED_RULES = CheckpointRules(RULES.stacked, RULES.renames, RULES.transposed, (*RULES.ignored, r"^lm_head\.weight$"))
+# Phi-3 / Phi-4-mini checkpoints store qkv_proj and gate_up_proj already stacked (and "qkv_proj.weight" ends in
+# "v_proj.weight": the stacking rules must not see them)
+PHI3_RULES = CheckpointRules(renames=RULES.renames, ignored=RULES.ignored)
+PHI3_TIED_RULES = CheckpointRules(renames=RULES.renames, ignored=TIED_RULES.ignored)
+
+
+def checkpoint_rules(cfg: DecoderConfig) -> CheckpointRules:
+    if cfg.arch == "phi3":
+        return PHI3_TIED_RULES if cfg.tie_word_embeddings else PHI3_RULES
+    return TIED_RULES if cfg.tie_word_embeddings else RULES
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg: DecoderConfig, dtype: torch.dtype):
+    def __init__(self, cfg: DecoderConfig, dtype: torch.dtype, index: int = 0):
         super().__init__()
         self.cfg = cfg
+        window = cfg.layer_windows[index] if cfg.layer_windows else 0
+        self.window = (window - 1, 0) if window else None  # the last `window` tokens, as transformers' mask
+        self.rope = not cfg.rope_layers or cfg.rope_layers[index]  # SmolLM3: some layers have no positions
         self.qkv_proj = Linear(cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size, cfg.qkv_bias, dtype)
         self.o_proj = Linear(cfg.q_size, cfg.hidden_size, False, dtype)
         if cfg.qk_norm:
@@ -49,8 +64,9 @@ class LlamaAttention(nn.Module):
         q = q.reshape(-1, c.num_heads, c.head_dim)
         k = k.reshape(-1, c.num_kv_heads, c.head_dim)
         v = v.view(-1, c.num_kv_heads, c.head_dim)
-        kernels.rotary(q, k, positions, cos_sin, neox_style=True)
-        o = self_attention(q, k, v, meta, cache, causal=True, scale=None)
+        if self.rope:
+            kernels.rotary(q, k, positions, cos_sin, neox_style=True)
+        o = self_attention(q, k, v, meta, cache, causal=True, scale=None, window=self.window)
         return self.o_proj(o.view(-1, c.q_size))
 
 
@@ -66,10 +82,10 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: DecoderConfig, dtype: torch.dtype):
+    def __init__(self, cfg: DecoderConfig, dtype: torch.dtype, index: int = 0):
         super().__init__()
         self.input_layernorm = Norm(cfg.hidden_size, cfg.norm_eps, rms=True, bias=False, dtype=dtype)
-        self.self_attn = LlamaAttention(cfg, dtype)
+        self.self_attn = LlamaAttention(cfg, dtype, index)
         self.post_attention_layernorm = Norm(cfg.hidden_size, cfg.norm_eps, rms=True, bias=False, dtype=dtype)
         self.mlp = LlamaMLP(cfg, dtype)
 
@@ -88,7 +104,7 @@ class LlamaModel(nn.Module):
     def __init__(self, cfg: DecoderConfig, dtype: torch.dtype):
         super().__init__()
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, dtype)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, dtype) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, dtype, i) for i in range(cfg.num_layers))
         self.norm = Norm(cfg.hidden_size, cfg.norm_eps, rms=True, bias=False, dtype=dtype)
 
 
@@ -96,7 +112,7 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, cfg: DecoderConfig, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.cfg = cfg
-        self.rules = TIED_RULES if cfg.tie_word_embeddings else RULES
+        self.rules = checkpoint_rules(cfg)
         self.model = LlamaModel(cfg, dtype)
         self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, False, dtype)
         self.register_buffer("cos_sin", cfg.cos_sin_cache(), persistent=False)
@@ -104,6 +120,8 @@ class LlamaForCausalLM(nn.Module):
     def shard_sizes(self) -> dict[str, tuple[int, ...]]:
         c = self.cfg
         sizes = {}
+        if c.arch == "phi3":  # stored stacked: each is one tensor
+            return sizes
         for i in range(c.num_layers):
             p = f"model.layers.{i}."
             sizes[p + "self_attn.qkv_proj.weight"] = (c.q_size, c.kv_size, c.kv_size)

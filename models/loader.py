@@ -36,6 +36,7 @@ from .weights import iter_safetensors, iter_torch_bin, load_weights, safetensors
 log = logging.getLogger("kernelserve.models")
 
 ARCHITECTURES = {"llama": LlamaForCausalLM, "mistral": LlamaForCausalLM, "qwen2": LlamaForCausalLM, "qwen3": LlamaForCausalLM,
+                 "smollm3": LlamaForCausalLM, "phi3": LlamaForCausalLM,
                  "gemma2": GemmaForCausalLM, "gemma3_text": GemmaForCausalLM,
                  "gpt2": GPT2LMHeadModel, "bert": BertModel, "roberta": BertModel, "xlm-roberta": BertModel,
                  "modernbert": ModernBertModel, "t5": T5ForConditionalGeneration,

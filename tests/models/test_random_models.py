@@ -13,7 +13,7 @@ PROMPTS = [[5, 17, 912, 4, 4, 87], [300], list(range(100, 129)), [7, 7, 7, 7, 7,
 
 
 def llama_family(kind):
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+    from transformers import LlamaConfig, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config, SmolLM3Config
 
     common = dict(vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
                   num_attention_heads=4, max_position_embeddings=512, rms_norm_eps=1e-5)
@@ -28,6 +28,19 @@ def llama_family(kind):
     if kind == "qwen3":  # Qwen3-0.6B's layout: head_dim 128 decoupled from hidden / heads, q/k norms, GQA
         return Qwen3Config(num_key_value_heads=2, head_dim=128, tie_word_embeddings=True, rope_theta=1000000.0,
                            **{**common, "rms_norm_eps": 1e-6})
+    if kind == "smollm3":  # SmolLM3-3B: no rotary in every fourth layer
+        return SmolLM3Config(num_key_value_heads=2, no_rope_layer_interval=4, rope_theta=5000000.0, pad_token_id=0,
+                             **common)
+    if kind == "phi4-mini":  # Phi-4-mini: LongRoPE over three quarters of each head, fused qkv / gate_up, tied
+        factors = [1.0 + 0.05 * i for i in range(24)]  # rot_dim 48 -> 24 frequencies
+        return Phi3Config(num_key_value_heads=2, partial_rotary_factor=0.75, tie_word_embeddings=True,
+                          original_max_position_embeddings=128, pad_token_id=0,
+                          rope_parameters={"rope_type": "longrope", "short_factor": factors, "rope_theta": 10000.0,
+                                           "long_factor": [2 * f for f in factors], "partial_rotary_factor": 0.75,
+                                           "original_max_position_embeddings": 128},
+                          **{**common, "max_position_embeddings": 2048})
+    if kind == "mistral-window":  # Mistral-7B-v0.1's sliding window (4096), shrunk to 8 tokens
+        return MistralConfig(num_key_value_heads=2, sliding_window=8, **common)
     return MistralConfig(num_key_value_heads=2, sliding_window=None, **common)
 
 
@@ -71,7 +84,7 @@ def save_random(cfg, folder, tokenizer):
 
 
 @pytest.fixture(scope="module", params=["llama-gqa", "llama3-scaled", "qwen2-bias", "qwen3", "mistral", "gpt2",
-                                        "gemma2", "gemma3"])
+                                        "gemma2", "gemma3", "smollm3", "phi4-mini", "mistral-window"])
 def random_decoder(request, tmp_path_factory, byte_bpe_tokenizer):
     folder = tmp_path_factory.mktemp(request.param)
     kind = request.param
@@ -142,3 +155,35 @@ def test_random_bert_matches_transformers(tmp_path, minilm_path):
             ref = hf(torch.tensor([seq])).last_hidden_state[0]
         torch.testing.assert_close(hidden[start:start + len(seq)], ref, atol=1e-4, rtol=1e-4)
         start += len(seq)
+
+
+@pytest.mark.parametrize("kind", ["phi4-mini", "yarn"])
+def test_scaled_rotary_tables_match_transformers(kind):
+    """LongRoPE: transformers' short factors inside the original context and long ones past it (per position
+    here: transformers switches a whole sequence once it is longer), cos and sin times the attention factor.
+    YaRN (Qwen3's long-context setting): frequencies and mscale."""
+    from transformers import Qwen3Config
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from models.config import config_from_hf
+
+    if kind == "yarn":
+        cfg = Qwen3Config(vocab_size=1024, hidden_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                          num_hidden_layers=2,
+                          max_position_embeddings=512, rope_parameters={"rope_type": "yarn", "factor": 4.0,
+                                                                        "rope_theta": 1000000.0,
+                                                                        "original_max_position_embeddings": 128})
+    else:
+        cfg = llama_family(kind)
+    ours = config_from_hf(cfg.to_dict())
+    table = ours.cos_sin_cache()
+    rot = ours.rot_dim
+    assert table.shape == (ours.max_position, rot)
+    original = ours.rope_scaling.original_max_position
+    inside, factor = ROPE_INIT_FUNCTIONS[kind if kind == "yarn" else "longrope"](cfg, "cpu", seq_len=None)
+    beyond, _ = ROPE_INIT_FUNCTIONS[kind if kind == "yarn" else "longrope"](cfg, "cpu", seq_len=original + 1)
+    assert factor != 1.0
+    for positions, inv in ((torch.arange(0, original), inside), (torch.arange(original, ours.max_position), beyond)):
+        angles = positions[:, None].float() * inv[None, :]
+        expected = torch.cat([angles.cos(), angles.sin()], -1) * factor
+        torch.testing.assert_close(table[positions], expected, atol=1e-6, rtol=1e-5)
