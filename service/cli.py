@@ -49,6 +49,11 @@ def serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="JSON merged into a served folder's config.json, as vLLM's flag; NAME= limits it to that model "
              "(repeatable). E.g. serve Qwen3-Reranker as a reranker: "
              "--hf-overrides 'rr={\"classifier_from_token\": [\"no\", \"yes\"]}'")
+    add("--reasoning-parser", action="append", type=_reasoning, metavar="[NAME=]PARSER",
+        default=[_reasoning(_env("reasoning_parser"))] if _env("reasoning_parser") else [],
+        help="split chat answers of reasoning models into reasoning_content and content, as vLLM's flag: qwen3 "
+             "(Qwen3, QwQ: the output opens <think>) or deepseek_r1 (the template opened it); NAME= limits it to "
+             "that model (repeatable)")
     add("--device", default=_env("device", "auto"), help="cpu, cuda or cuda:N (auto: cuda when available)")
     add("--api-key", default=_env("api_key"), help="require 'Authorization: Bearer KEY' on /v1/* and /tokenize")
     add("--max-num-seqs", type=int, default=int(_env("max_num_seqs", 64)), help="sequences per step (default 64)")
@@ -85,6 +90,15 @@ def serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="seconds SIGTERM waits for in-flight requests before exiting (default 30)")
     add("--log-level", default=_env("log_level", "info"), choices=["debug", "info", "warning", "error"])
     return parser
+
+
+def _reasoning(text: str) -> tuple[str | None, str]:
+    from service.api.reasoning import PARSERS
+
+    target, parser = text.split("=", 1) if "=" in text else (None, text)
+    if parser not in PARSERS:
+        raise argparse.ArgumentTypeError(f"unknown reasoning parser {parser!r} (choose from {', '.join(PARSERS)})")
+    return target, parser
 
 
 def _overrides(text: str) -> tuple[str | None, dict]:
@@ -155,10 +169,17 @@ def _load_all(args, state, metrics) -> None:
             metrics.engine_info.labels(name, backend_for(device), dtype, device, str(config.block_size),
                                        str(config.max_num_seqs), str(config.max_num_batched_tokens),
                                        str(engine.engine.block_manager.num_blocks), loaded.quantization).set(1)
-            registry.add(ServedModel(name, loaded, engine=engine))
+            registry.add(ServedModel(name, loaded, engine=engine, reasoning=reasoning_format(args, name)))
         log.info("serving %s (%s) from %s", name, {"embed": "embeddings, rerank, score", "score": "rerank, score"}
                  .get(loaded.kind, "chat, completions"), loaded.source)
     state.registry = registry
+
+
+def reasoning_format(args, name: str):
+    from service.api.reasoning import PARSERS
+
+    chosen = [parser for target, parser in args.reasoning_parser if target in (None, name)]
+    return PARSERS[chosen[-1]] if chosen else None
 
 
 def template_rendering(args):

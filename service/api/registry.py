@@ -15,6 +15,7 @@ class ServedModel:
     loaded: LoadedModel
     engine: AsyncEngine | None = None  # decoders: chat and completions
     embedder: EmbeddingEngine | None = None  # encoders: embeddings, or scores for cross-encoders
+    reasoning: object | None = None  # a reasoning.ReasoningFormat: chat answers split off their <think> block
 
     @property
     def capabilities(self) -> list[str]:

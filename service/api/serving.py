@@ -24,6 +24,7 @@ from .protocol import MAX_EMBEDDING_INPUTS, ChatCompletionRequest, CompletionReq
 from .registry import ModelRegistry, ServedModel
 from .structured import request_grammar
 from .templates import TemplateRendering
+from .reasoning import ReasoningStream, split_reasoning
 from .tools import ToolPlan
 from .translation import forced_languages, source_ids, with_forced
 
@@ -344,8 +345,11 @@ class OpenAIServing:
         tok = served.loaded.tokenizer
         body = []
         for i, c in enumerate(choices):
-            content, calls = plan.split(c.text)
+            reasoning, answer = split_reasoning(served.reasoning, c.text) if served.reasoning else (None, c.text)
+            content, calls = plan.split(answer) if answer is not None else (None, [])
             message = {"role": "assistant", "content": content, "refusal": None}
+            if served.reasoning:
+                message["reasoning_content"] = reasoning
             if req.echo:
                 message["content"] = text + (content or "")
             finish = _finish_reason(c.finish_reason)
@@ -393,13 +397,19 @@ class OpenAIServing:
             yield chunk(i, {"role": "assistant", "content": prompt_text if req.echo else ""})
         completion_tokens, cached = 0, 0
         tool_streams = [plan.stream() for _ in range(req.n)]
+        thinking = [ReasoningStream(served.reasoning) if served.reasoning else None for _ in range(req.n)]
         async for out in stream:
             cached = out.num_cached_tokens
             for o in out.outputs:
                 completion_tokens += len(o.token_ids)
                 lp = chat_logprobs(tok, o.logprobs) if req.logprobs and o.logprobs else None
-                ts = tool_streams[o.index]
-                deltas = chat_deltas(ts.feed(o.text) + (ts.finish() if o.finish_reason else []))
+                ts, rs = tool_streams[o.index], thinking[o.index]
+                parts = [("content", o.text)] if rs is None else rs.feed(o.text) + (rs.finish() if o.finish_reason else [])
+                deltas = []
+                for kind, text in parts:  # reasoning as it comes; the answer through the tool-call parser
+                    deltas += [{"reasoning_content": text}] if kind == "reasoning" else chat_deltas(ts.feed(text))
+                if o.finish_reason:
+                    deltas += chat_deltas(ts.finish())
                 for k, delta in enumerate(deltas or ([{}] if lp else [])):
                     yield chunk(o.index, delta, logprobs=lp if k == 0 else None)
                 if o.finish_reason:
