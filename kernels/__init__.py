@@ -19,6 +19,7 @@ from .decode_gemm import DECODE_MAX_M, linear_decode_triton
 from .flash_attention import attention_ref, attention_triton
 from .gemm import (ACTIVATIONS, activation_ref, ffn_ref, ffn_triton, gated_ffn_ref, gated_ffn_triton, linear_ref,
                    linear_triton)
+from .moe import fused_moe_ref, fused_moe_triton, moe_route
 from .norms import layer_norm_ref, layer_norm_triton, rms_norm_ref, rms_norm_triton
 from .paged import paged_attention_ref, paged_attention_triton, store_kv_ref, store_kv_triton
 from .quant_gemm import (QuantizedWeight, pack_codes, prepare_cpu, quant_linear_cpu, quant_linear_ref,
@@ -31,7 +32,8 @@ if interpreting():
     patch_interpreter_bf16_dot()
 
 __all__ = [
-    "ACTIVATIONS", "BACKENDS", "QuantizedWeight", "attention", "backend_for", "ffn", "gated_ffn", "interpreting",
+    "ACTIVATIONS", "BACKENDS", "QuantizedWeight", "attention", "backend_for", "ffn", "fused_moe", "gated_ffn",
+    "interpreting", "moe_route",
     "layer_norm", "linear", "pack_codes", "paged_attention", "prepare_cpu", "quant_linear_ref", "quantize_rtn",
     "rms_norm", "rotary", "rotary_cos_sin_cache", "runs_triton", "selected_backend", "store_kv", "trusted_calls",
 ]
@@ -123,6 +125,14 @@ def _pick(triton_fn, torch_fn, main: torch.Tensor):
 
 def _rows(x: torch.Tensor) -> int:
     return x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
+
+
+def fused_moe(x, w13, w2, topk_weights, topk_ids, activation: str = "silu") -> torch.Tensor:
+    """Mixture-of-Experts FFN: ``sum_k w[t,k] * W2[e] (act(W1[e] x) * W3[e] x)`` with ``e = topk_ids[t,k]``;
+    x ``[T, H]``, ``w13 [E, 2I, H]`` (gate rows then up rows per expert), ``w2 [E, H, I]``, routing ``[T, K]``
+    (float32 weights from :func:`moe_route`). Returns ``[T, H]`` in x's dtype."""
+    fn = _pick(fused_moe_triton, fused_moe_ref, x)
+    return fn(x, w13, w2, topk_weights, topk_ids, activation)
 
 
 def gated_ffn(x, w_gate_up, w_down, activation: str = "silu") -> torch.Tensor:

@@ -23,7 +23,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import decode_gemm, flash_attention, gemm, norms, paged, quant_gemm, rope
+from . import decode_gemm, flash_attention, gemm, moe, norms, paged, quant_gemm, rope
 
 # usable shared memory per block (opt-in maximum)
 SHARED_LIMIT = {90: 232_448, 80: 166_912}
@@ -205,10 +205,27 @@ def _rotary_variants() -> Iterator[Variant]:
                 yield Variant(f"rotary half={half} {dt} neox={neox}", fn, args, 4, 3)
 
 
+def _moe_variants() -> Iterator[Variant]:
+    fn = moe._moe_gemm_kernel
+    for dt in DTYPES:
+        torch_dtype = getattr(torch, DTYPE_OF[dt])
+        configs = {moe.moe_config(slots, 8, torch_dtype) for slots in (8, 4096)}  # decode- and prefill-shaped
+        for cfg in sorted(configs, key=lambda c: c.block_m):
+            for gated in (True, False):  # gate/up with the activation; down with the routing weight
+                args = dict(A=f"*{dt}", W=f"*{dt}", C=f"*{dt}", sorted_slots="*i32", tile_experts="*i32",
+                            routing_weights="*fp32", num_slots="i32", N="i32", Kdim="i32", stride_am="i32",
+                            stride_we="i32", stride_wn="i32", stride_cm="i32", TOP_K=2, GATED=gated,
+                            ACT=4 if gated else 0, SLOT_ROWS=not gated, MUL_WEIGHT=not gated, BLOCK_M=cfg.block_m,
+                            BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
+                name = "gate_up" if gated else "down"
+                yield Variant(f"moe {name} {cfg.block_m}x{cfg.block_n}x{cfg.block_k} {dt}", fn, args,
+                              cfg.num_warps, cfg.num_stages)
+
+
 def all_variants() -> list[Variant]:
     """Every kernel specialisation the launchers can produce (dtype x config)."""
     return [*_attention_variants(), *_paged_variants(), *_norm_variants(), *_gemm_variants(), *_decode_gemm_variants(),
-            *_quant_gemm_variants(),
+            *_quant_gemm_variants(), *_moe_variants(),
             *_rotary_variants()]
 
 

@@ -47,7 +47,7 @@ def test_every_kernel_family_is_covered():
     families = {v.fn.__name__ if hasattr(v.fn, "__name__") else v.fn.fn.__name__ for v in VARIANTS}
     assert families == {"_attention_kernel", "_paged_attention_kernel", "_paged_attention_reduce_kernel",
                         "_store_kv_kernel", "_norm_kernel", "_linear_kernel", "_gated_kernel", "_quant_linear_kernel",
-                        "_splitk_kernel", "_splitk_reduce_kernel", "_rotary_kernel"}
+                        "_splitk_kernel", "_splitk_reduce_kernel", "_rotary_kernel", "_moe_gemm_kernel"}
 
 
 @pytest.mark.parametrize("job", JOBS, ids=[f"{VARIANTS[i].name}-sm{a}".replace(" ", "-") for i, a in JOBS])
