@@ -177,25 +177,35 @@ def fused_moe_triton(x, w13, w2, topk_weights, topk_ids, activation="silu", conf
 
 
 def fused_moe_ref(x, w13, w2, topk_weights, topk_ids, activation="silu"):
-    """Torch path (the CPU serving path): slots grouped by expert with one sort, then per *used* expert one
-    gate/up GEMM over all its rows and one down GEMM (no loop over tokens; at decode only the few experts the
-    batch routes to run), the routing weight applied, the k slots of each token summed in float32."""
+    """Torch path (the CPU serving path): slots grouped by expert with one sort; per *used* expert one gate/up GEMM
+    and one down GEMM over all its rows, written in place into shared buffers (no loop over tokens; at decode
+    only the few experts the batch routes to run); the activation, product and routing weights once for all
+    rows; the k slots of each token summed in float32."""
     _check_moe_args(x, w13, w2, topk_weights, topk_ids, activation)
     tokens, top_k = topk_ids.shape
+    experts, two_i, hidden = w13.shape
     flat = topk_ids.flatten().long()
     order = torch.sort(flat, stable=True).indices
-    counts = torch.bincount(flat, minlength=w13.shape[0]).tolist()  # one read-back: the loop's bounds
+    counts = torch.bincount(flat, minlength=experts).tolist()  # one read-back: the loop's bounds
     rows = x.index_select(0, order // top_k)
-    out = torch.empty(order.numel(), x.shape[1], dtype=x.dtype, device=x.device)
-    start = 0
-    for expert, count in enumerate(counts):
-        if not count:
-            continue
-        part = rows[start:start + count]
-        gate, up = F.linear(part, w13[expert]).chunk(2, dim=-1)
-        y = F.linear(activation_ref(gate, activation) * up, w2[expert])
-        out[start:start + count] = y * topk_weights.view(-1)[order[start:start + count], None].to(x.dtype)
-        start += count
-    summed = torch.zeros(order.numel(), x.shape[1], dtype=torch.float32, device=x.device)
-    summed[order] = out.float()
-    return summed.view(tokens, top_k, -1).sum(1).to(x.dtype)
+    gate_up = torch.empty(order.numel(), two_i, dtype=x.dtype, device=x.device)
+    bounds = [(e, start, start + n) for e, (start, n) in enumerate(zip(_starts(counts), counts)) if n]
+    for e, start, end in bounds:
+        torch.mm(rows[start:end], w13[e].t(), out=gate_up[start:end])
+    gate, up = gate_up.chunk(2, dim=-1)
+    hidden_act = activation_ref(gate, activation) * up
+    down = torch.empty(order.numel(), hidden, dtype=x.dtype, device=x.device)
+    for e, start, end in bounds:
+        torch.mm(hidden_act[start:end], w2[e].t(), out=down[start:end])
+    down *= topk_weights.view(-1)[order, None].to(x.dtype)
+    summed = torch.empty(order.numel(), hidden, dtype=torch.float32, device=x.device)
+    summed[order] = down.float()
+    return summed.view(tokens, top_k, hidden).sum(1).to(x.dtype)
+
+
+def _starts(counts: list[int]) -> list[int]:
+    starts, total = [], 0
+    for n in counts:
+        starts.append(total)
+        total += n
+    return starts

@@ -151,6 +151,13 @@ class DecoderConfig:
     # scaled by query_scale, attention and final-logit soft-capping
     layer_windows: tuple[int, ...] = ()
     partial_rotary_factor: float = 1.0
+    # Mixture of Experts (Mixtral, Qwen3-MoE): experts per MoE layer, experts a token uses, each expert's FFN
+    # width, whether the top-k weights are renormalised, which layers are MoE (() with experts: all)
+    num_experts: int = 0
+    experts_per_token: int = 0
+    expert_intermediate_size: int = 0
+    norm_topk_prob: bool = True
+    moe_layers: tuple[bool, ...] = ()
     # SmolLM3: False for the layers without rotary positions (every fourth); () means every layer has them
     rope_layers: tuple[bool, ...] = ()
     local_rope_theta: float = 0.0
@@ -234,7 +241,7 @@ def _windows(cfg: dict, layers: int) -> tuple[int, ...]:
     window = cfg.get("sliding_window")
     if not window or cfg["model_type"].startswith("gemma"):
         return ()
-    if cfg["model_type"] in ("qwen2", "qwen3", "smollm3"):
+    if cfg["model_type"] in ("qwen2", "qwen3", "smollm3", "qwen3_moe"):
         if cfg.get("use_sliding_window"):
             raise ModelError(f"config.json: {cfg['model_type']}'s use_sliding_window (layers from max_window_layers "
                              "on) is not supported")
@@ -261,6 +268,25 @@ def llama_config(cfg: dict) -> DecoderConfig:
             "partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))),
         rope_layers=tuple(bool(x) for x in cfg.get("no_rope_layers") or ()),
     )
+
+
+def moe_config(cfg: dict) -> DecoderConfig:
+    """Mixtral (every layer MoE, top-k renormalised) and Qwen3-MoE (decoder_sparse_step, mlp_only_layers,
+    norm_topk_prob, moe_intermediate_size; q/k norms as Qwen3)."""
+    base = llama_config({**cfg, "model_type": cfg["model_type"]})
+    layers = cfg["num_hidden_layers"]
+    if cfg["model_type"] == "mixtral":
+        return dataclasses.replace(base, num_experts=cfg["num_local_experts"],
+                                   experts_per_token=cfg["num_experts_per_tok"],
+                                   expert_intermediate_size=cfg["intermediate_size"], norm_topk_prob=True)
+    if cfg.get("shared_expert_intermediate_size"):
+        raise ModelError("config.json: MoE models with shared experts (Qwen2-MoE) are not supported")
+    step, dense = cfg.get("decoder_sparse_step", 1) or 1, set(cfg.get("mlp_only_layers") or ())
+    return dataclasses.replace(
+        base, qk_norm=True, num_experts=cfg.get("num_experts") or cfg["num_local_experts"],
+        experts_per_token=cfg["num_experts_per_tok"],
+        expert_intermediate_size=cfg["moe_intermediate_size"], norm_topk_prob=bool(cfg.get("norm_topk_prob", True)),
+        moe_layers=tuple(i not in dense and (i + 1) % step == 0 for i in range(layers)))
 
 
 def gemma_config(cfg: dict) -> DecoderConfig:
@@ -354,7 +380,7 @@ def modernbert_config(cfg: dict) -> EncoderConfig:
 
 
 CONFIG_READERS = {"llama": llama_config, "mistral": llama_config, "qwen2": llama_config, "qwen3": llama_config,
-                  "smollm3": llama_config, "phi3": llama_config,
+                  "smollm3": llama_config, "phi3": llama_config, "mixtral": moe_config, "qwen3_moe": moe_config,
                   "gemma2": gemma_config, "gemma3_text": gemma_config,
                   "gpt2": gpt2_config, "bert": bert_config, "roberta": bert_config, "xlm-roberta": bert_config,
                   "modernbert": modernbert_config}

@@ -27,6 +27,7 @@ from .layers import QuantizedLinear, quantize_linears
 from .llama import LlamaForCausalLM
 from .m2m100 import M2M100ForConditionalGeneration
 from .modernbert import ModernBertModel
+from .moe import MoeForCausalLM
 from .pooling import Pooling
 from .t5 import T5ForConditionalGeneration
 from .tokenizer import Tokenizer
@@ -36,7 +37,8 @@ from .weights import iter_safetensors, iter_torch_bin, load_weights, safetensors
 log = logging.getLogger("kernelserve.models")
 
 ARCHITECTURES = {"llama": LlamaForCausalLM, "mistral": LlamaForCausalLM, "qwen2": LlamaForCausalLM, "qwen3": LlamaForCausalLM,
-                 "smollm3": LlamaForCausalLM, "phi3": LlamaForCausalLM,
+                 "smollm3": LlamaForCausalLM, "phi3": LlamaForCausalLM, "mixtral": MoeForCausalLM,
+                 "qwen3_moe": MoeForCausalLM,
                  "gemma2": GemmaForCausalLM, "gemma3_text": GemmaForCausalLM,
                  "gpt2": GPT2LMHeadModel, "bert": BertModel, "roberta": BertModel, "xlm-roberta": BertModel,
                  "modernbert": ModernBertModel, "t5": T5ForConditionalGeneration,

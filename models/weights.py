@@ -56,10 +56,18 @@ class CheckpointRules:
     renames: tuple[tuple[str, str], ...] = ()  # regex -> replacement, applied first
     transposed: tuple[str, ...] = ()  # regexes of keys stored as [in, out]
     ignored: tuple[str, ...] = ()  # regexes of keys that are not weights
+    # (regex whose group 1 is an index, parameter, parts per index, this key's part): per-expert MoE weights
+    # stacked into one parameter, e.g. (r"experts\.(\d+)\.w3\.weight$", "experts.w13", 2, 1): expert j's up
+    # projection is part 2j + 1. Checked before ``stacked`` (an expert's "gate_proj.weight" is not a dense one).
+    indexed: tuple[tuple[str, str, int, int], ...] = ()
 
     def target(self, key: str) -> tuple[str, int | None]:
         for pattern, repl in self.renames:
             key = re.sub(pattern, repl, key)
+        for pattern, param, parts, part in self.indexed:
+            found = re.search(pattern, key)
+            if found:
+                return key[:found.start()] + param, int(found.group(1)) * parts + part
         for suffix, param, shard in self.stacked:
             if key.endswith(suffix):
                 return key[: -len(suffix)] + param, shard

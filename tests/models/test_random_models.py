@@ -62,6 +62,20 @@ def gemma_family(kind):
                             **common)
 
 
+def moe_family(kind):
+    """Mixtral-8x7B and Qwen3-30B-A3B configs shrunk: 8 experts, top-2, head_dim 64; Qwen3-MoE with one dense
+    layer (mlp_only_layers) and norm_topk_prob false so both routing rules and both layer kinds are exercised."""
+    from transformers import MixtralConfig, Qwen3MoeConfig
+
+    common = dict(vocab_size=1024, hidden_size=256, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5)
+    if kind == "mixtral":
+        return MixtralConfig(intermediate_size=192, num_local_experts=8, num_experts_per_tok=2, sliding_window=None,
+                             **common)
+    return Qwen3MoeConfig(intermediate_size=384, moe_intermediate_size=96, num_experts=8, num_experts_per_tok=2,
+                          head_dim=64, norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[1], **common)
+
+
 def gpt2_config():
     from transformers import GPT2Config
 
@@ -84,11 +98,13 @@ def save_random(cfg, folder, tokenizer):
 
 
 @pytest.fixture(scope="module", params=["llama-gqa", "llama3-scaled", "qwen2-bias", "qwen3", "mistral", "gpt2",
-                                        "gemma2", "gemma3", "smollm3", "phi4-mini", "mistral-window"])
+                                        "gemma2", "gemma3", "smollm3", "phi4-mini", "mistral-window", "mixtral",
+                                        "qwen3-moe"])
 def random_decoder(request, tmp_path_factory, byte_bpe_tokenizer):
     folder = tmp_path_factory.mktemp(request.param)
     kind = request.param
-    cfg = gpt2_config() if kind == "gpt2" else gemma_family(kind) if kind.startswith("gemma") else llama_family(kind)
+    cfg = (gpt2_config() if kind == "gpt2" else gemma_family(kind) if kind.startswith("gemma")
+           else moe_family(kind) if kind in ("mixtral", "qwen3-moe") else llama_family(kind))
     hf = save_random(cfg, folder, byte_bpe_tokenizer)
     return load_model(str(folder)), hf
 
@@ -128,7 +144,10 @@ def test_bfloat16_load_tracks_float32(random_decoder):
     ref = full_logits(ours.model, PROMPTS[0])
     got = full_logits(bf16.model, PROMPTS[0])
     # bf16 weights and activations: logits within a few percent of their spread
-    assert (got - ref).abs().max() <= 0.05 * ref.abs().max()
+    # (MoE: a router near a tie picks another expert for a token in bf16, a jump of its whole contribution; measured
+    # 8.8% of the spread on Mixtral's shape, where float32 matches transformers exactly)
+    bound = (0.12 if ours.config.num_experts else 0.05) * ref.abs().max()
+    assert (got - ref).abs().max() <= bound
 
 
 def test_random_bert_matches_transformers(tmp_path, minilm_path):
@@ -187,3 +206,28 @@ def test_scaled_rotary_tables_match_transformers(kind):
         angles = positions[:, None].float() * inv[None, :]
         expected = torch.cat([angles.cos(), angles.sin()], -1) * factor
         torch.testing.assert_close(table[positions], expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mixtral", "qwen3-moe"])
+def test_moe_routing_matches_transformers_token_by_token(kind, tmp_path, byte_bpe_tokenizer, monkeypatch):
+    """Every MoE layer picks the same experts with the same weights for every token as transformers' router."""
+    import kernels
+    import models.moe
+
+    hf = save_random(moe_family(kind), tmp_path, byte_bpe_tokenizer)
+    ours = load_model(str(tmp_path))
+    theirs, mine = [], []
+    hooks = [layer.mlp.gate.register_forward_hook(lambda m, i, out: theirs.append((out[1], out[2])))
+             for layer in hf.model.layers if hasattr(layer.mlp, "gate")]
+    real_route = kernels.moe_route
+    monkeypatch.setattr(models.moe.kernels, "moe_route", lambda *a: mine.append(real_route(*a)) or mine[-1])
+    ids = PROMPTS[2] + PROMPTS[0]
+    with torch.no_grad():
+        hf(torch.tensor([ids]))
+    full_logits(ours.model, ids)
+    for hook in hooks:
+        hook.remove()
+    assert len(mine) == len(theirs) == sum(ours.model.is_moe(i) for i in range(ours.config.num_layers))
+    for (w_ours, e_ours), (w_theirs, e_theirs) in zip(mine, theirs):
+        assert e_ours.tolist() == e_theirs.tolist()
+        torch.testing.assert_close(w_ours, w_theirs.float(), atol=1e-6, rtol=1e-5)
