@@ -78,6 +78,67 @@ def attention_case(dtype=torch.bfloat16, batch=4, seqlen=4096, heads=16, dim=128
                 "SDPA flash", flops=4 * batch * heads * seqlen * seqlen * dim / 2)
 
 
+def window_cases(dtype=torch.bfloat16, batch=4, seqlen=8192, heads=16, dim=128, window=1024) -> list[Case]:
+    """Mistral / Gemma sliding windows and Gemma 2's soft-capping: the window reads window/seqlen of the keys (its
+    flops counted as such); the baseline is SDPA with the same mask as a boolean tensor (soft-capping: eager)."""
+    q, k, v = (torch.randn(batch * seqlen, heads, dim, device="cuda", dtype=dtype) for _ in range(3))
+    cu = torch.arange(0, (batch + 1) * seqlen, seqlen, device="cuda", dtype=torch.int32)
+    qb, kb, vb = (t.view(batch, seqlen, heads, dim).transpose(1, 2) for t in (q, k, v))
+    pos = torch.arange(seqlen, device="cuda")
+    band = (pos[None, :] <= pos[:, None]) & (pos[None, :] > pos[:, None] - window)
+
+    def eager_softcap():
+        s = (qb @ kb.transpose(-1, -2)).float() * dim ** -0.5
+        s = (50.0 * torch.tanh(s / 50.0)).masked_fill(~band, float("-inf"))
+        return s.softmax(-1).to(dtype) @ vb
+
+    visible = batch * heads * seqlen * min(window, seqlen) * dim * 4  # ~ one window of keys per query
+    return [Case(f"attention sliding window {window} bf16 {batch}x{seqlen} H{heads} D{dim}",
+                 lambda: kernels.attention(q, k, v, cu, cu, seqlen, seqlen, causal=True, window=(window - 1, 0)),
+                 lambda: F.scaled_dot_product_attention(qb, kb, vb, attn_mask=band), "SDPA + band mask",
+                 flops=visible),
+            Case(f"attention window {window} + softcap 50 bf16 {batch}x{seqlen} H{heads} D{dim}",
+                 lambda: kernels.attention(q, k, v, cu, cu, seqlen, seqlen, causal=True, window=(window - 1, 0),
+                                           softcap=50.0),
+                 eager_softcap, "eager softcap + mask", flops=visible)]
+
+
+def paged_window_case(dtype=torch.bfloat16, batch=64, ctx=8192, hq=32, hkv=8, dim=128, block=16,
+                      window=1024) -> Case:
+    """Decode with a window: the kernel skips the tiles behind it, so it moves window/ctx of the cache."""
+    blocks_per_seq = ctx // block
+    num_blocks = batch * blocks_per_seq
+    k_cache = torch.randn(num_blocks, block, hkv, dim, device="cuda", dtype=dtype)
+    v_cache = torch.randn_like(k_cache)
+    tables = torch.randperm(num_blocks, device="cuda", dtype=torch.int32).view(batch, blocks_per_seq)
+    lens = torch.full((batch,), ctx, device="cuda", dtype=torch.int32)
+    q = torch.randn(batch, hq, dim, device="cuda", dtype=dtype)
+    return Case(f"paged_attention window {window} + softcap bf16 B{batch} ctx{ctx} {hq}:{hkv} D{dim}",
+                lambda: kernels.paged_attention(q, k_cache, v_cache, tables, lens, window=(window - 1, 0),
+                                                softcap=50.0),
+                lambda: paged_attention_ref(q, k_cache, v_cache, tables, lens, window=(window - 1, 0), softcap=50.0),
+                "torch gather + mask", bytes=2 * k_cache.numel() * k_cache.element_size() * window / ctx)
+
+
+def moe_cases(dtype=torch.bfloat16, hidden=2048, inter=768, experts=128, top_k=8) -> list[Case]:
+    """Qwen3-30B-A3B's expert shapes: decode (16 tokens: few per expert) and prefill (4096 tokens)."""
+    from kernels.moe import fused_moe_ref
+
+    w13 = torch.randn(experts, 2 * inter, hidden, device="cuda", dtype=dtype) * hidden ** -0.5
+    w2 = torch.randn(experts, hidden, inter, device="cuda", dtype=dtype) * inter ** -0.5
+    cases = []
+    for tokens in (16, 4096):
+        x = torch.randn(tokens, hidden, device="cuda", dtype=dtype)
+        weights, ids = kernels.moe_route(torch.randn(tokens, experts, device="cuda"), top_k, True)
+        used = min(experts, tokens * top_k)  # experts whose weights a call must read at least
+        cases.append(Case(f"fused_moe bf16 T{tokens} E{experts} top{top_k} H{hidden} I{inter}",
+                          lambda x=x, w=weights, i=ids: kernels.fused_moe(x, w13, w2, w, i, "silu"),
+                          lambda x=x, w=weights, i=ids: fused_moe_ref(x, w13, w2, w, i, "silu"),
+                          "torch per-expert GEMMs", flops=2 * tokens * top_k * 3 * hidden * inter,
+                          bytes=used * 3 * hidden * inter * w13.element_size()))
+    return cases
+
+
 def paged_case(dtype=torch.bfloat16, batch=64, ctx=4096, hq=32, hkv=8, dim=128, block=16) -> Case:
     blocks_per_seq = ctx // block
     num_blocks = batch * blocks_per_seq
@@ -221,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     gpu = torch.cuda.get_device_name()
     copy_gbs, mm_tflops = ceilings(args.quick)
-    factories = [attention_case, paged_case, norm_cases, gemm_cases, decode_gemm_cases, quant_gemm_cases, rotary_case]
+    factories = [attention_case, window_cases, paged_case, paged_window_case, norm_cases, gemm_cases,
+                 decode_gemm_cases, quant_gemm_cases, moe_cases, rotary_case]
     rows = []
     for make in tqdm(factories, desc="kernels"):
         made = make()
