@@ -7,7 +7,12 @@ Output format: the Hermes / Qwen convention, one call per block::
     </tool_call>
 
 and, as small models often answer, plain JSON: ``{"name": ..., "arguments": ...}`` (or ``"parameters"``)
-or a list of those as the whole output. ``tool_choice``:
+or a list of those as the whole output. The native formats of other families, as the whole answer:
+- Llama 3.x: ``<|python_tag|>`` (optional) then JSON calls, several separated by ``;``;
+- Mistral: ``[TOOL_CALLS]`` then a JSON list (tokenizer v3), or ``[TOOL_CALLS]name[ARGS]{...}`` per call (v11+);
+  the markers are special tokens, so the detokenised text usually lacks them: ``name{...}`` is read as a call
+  when ``name`` is an offered tool.
+``tool_choice``:
 - ``none``: tools are left out of the prompt and nothing is parsed;
 - ``auto``: the model decides; the output is parsed (:class:`ToolCallParser`);
 - ``required``: a grammar forces a JSON list of one or more calls ``[{"name", "arguments"}]`` (one when
@@ -32,6 +37,7 @@ from .errors import bad_request
 
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # OpenAI's rule for function names
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
+PREFIXES = ("<|python_tag|>", "[TOOL_CALLS]")  # Llama 3.x, Mistral: what an answer of calls opens with
 
 
 @dataclass(frozen=True)
@@ -217,15 +223,55 @@ def _as_call(value, names: set[str]) -> ToolCall | None:
 
 def _plain_json_calls(text: str, names: set[str]) -> list[ToolCall] | None:
     body = text.strip()
+    for prefix in PREFIXES:
+        body = body.removeprefix(prefix).strip()
     fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", body, re.S)
     body = fenced.group(1) if fenced else body
     try:
         value = json.loads(body)
     except ValueError:
-        return None
+        return _semicolon_calls(body, names) or _named_argument_calls(body, names)
     items = value if isinstance(value, list) else [value]
     calls = [_as_call(v, names) for v in items]
     return calls if calls and all(calls) else None
+
+
+def _semicolon_calls(body: str, names: set[str]) -> list[ToolCall] | None:
+    """Llama 3.x's several calls: ``{...}; {...}``."""
+    decoder, calls, at = json.JSONDecoder(), [], 0
+    while at < len(body):
+        try:
+            value, end = decoder.raw_decode(body, at)
+        except ValueError:
+            return None
+        calls.append(_as_call(value, names))
+        at = end
+        rest = body[at:].lstrip()
+        if rest.startswith(";"):
+            rest = rest[1:].lstrip()
+        at = len(body) - len(rest)
+    return calls if len(calls) > 1 and all(calls) else None
+
+
+_NAMED = re.compile(r"\s*(?:\[TOOL_CALLS\])?\s*([a-zA-Z0-9_-]{1,64})\s*(?:\[ARGS\])?\s*(?=\{)")
+
+
+def _named_argument_calls(body: str, names: set[str]) -> list[ToolCall] | None:
+    """Mistral v11+: ``name[ARGS]{...}`` per call, markers kept or (special tokens) dropped: ``name{...}``."""
+    decoder, calls, at = json.JSONDecoder(), [], 0
+    while at < len(body):
+        found = _NAMED.match(body, at)
+        if not found or found.group(1) not in names:
+            return None
+        try:
+            args, at = decoder.raw_decode(body, found.end())
+        except ValueError:
+            return None
+        if not isinstance(args, dict):
+            return None
+        calls.append(ToolCall(found.group(1), json.dumps(args, ensure_ascii=False)))
+        at = len(body) - len(body[at:].lstrip())
+    return calls or None
 
 
 class ToolCallParser:
@@ -259,9 +305,11 @@ class ToolCallParser:
             if self.mode == "json":
                 return events
             if self.mode == "text":
-                if not self.seen_text and self.buffer.lstrip()[:1] in ("{", "[", "`"):
+                if not self.seen_text and self._opens_calls(self.buffer.lstrip()):
                     self.mode = "json"
                     continue
+                if not self.seen_text and self._may_open_calls(self.buffer.lstrip()):
+                    return events  # "<|python", "get_wea": wait for the rest
                 at = self.buffer.find(OPEN)
                 if at < 0:
                     keep = _partial_suffix(self.buffer, OPEN)
@@ -276,6 +324,22 @@ class ToolCallParser:
             raw = self.buffer[:end]
             self._emit_call(_json_call(raw, self.names), OPEN + raw + CLOSE, events)
             self.buffer, self.mode = self.buffer[end + len(CLOSE):], "text"
+
+    def _opens_calls(self, text: str) -> bool:
+        """Whether an answer starting so is (maybe) calls as a whole: JSON, a fence, a family's marker, or an
+        offered tool's name then its arguments (Mistral v11 with the markers detokenised away)."""
+        if text[:1] in ("{", "[", "`") or text.startswith(PREFIXES):
+            return True
+        named = _NAMED.match(text)
+        return bool(named and named.group(1) in self.names)
+
+    def _may_open_calls(self, text: str) -> bool:
+        """A start of the answer that could still become one of those (held back until it is known)."""
+        if not text:
+            return False
+        word = re.match(r"[a-zA-Z0-9_-]*\s*(\[(A(R(G(S\]?)?)?)?)?)?$", text)
+        return any(p.startswith(text) for p in PREFIXES) or bool(
+            word and any(n.startswith(text.split("[")[0].strip()) for n in self.names))
 
     def _content(self, text: str, events: list) -> None:
         if text:

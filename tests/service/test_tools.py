@@ -46,6 +46,34 @@ def test_plain_json_answers_are_calls():
     assert calls_of('{"city": "Paris"}') == ('{"city": "Paris"}', [])
 
 
+NATIVE = {
+    # Llama 3.x: the python tag (kept or detokenised away), several calls separated by ";"
+    '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Rome"}}': [("get_weather", {"city": "Rome"})],
+    '{"name": "get_weather", "parameters": {"city": "Rome"}}; {"name": "get_time", "parameters": {}}':
+        [("get_weather", {"city": "Rome"}), ("get_time", {})],
+    # Mistral tokenizer v3: [TOOL_CALLS] then a JSON list
+    '[TOOL_CALLS][{"name": "get_time", "arguments": {}}]': [("get_time", {})],
+    # Mistral v11+: name[ARGS]{...} per call, with the markers or without them (special tokens skipped)
+    '[TOOL_CALLS]get_weather[ARGS]{"city": "Bonn"}[TOOL_CALLS]get_time[ARGS]{}':
+        [("get_weather", {"city": "Bonn"}), ("get_time", {})],
+    'get_weather{"city": "Bonn"}': [("get_weather", {"city": "Bonn"})],
+}
+
+
+@pytest.mark.parametrize("text", list(NATIVE))
+def test_native_formats_of_other_families(text):
+    assert calls_of(text) == (None, NATIVE[text])
+    parser = ToolCallParser(TOOLS)  # one character at a time: the same calls
+    events = [e for ch in text for e in parser.feed(ch)] + parser.finish()
+    assert [(v.name, json.loads(v.arguments)) for k, v in events if k == "call"] == NATIVE[text]
+
+
+@pytest.mark.parametrize("text", ["get me the weather", "get_weather is what I would call", "getaway", "get",
+                                  "unknown_tool{\"a\": 1}", "[TOOL_CALLS]nope"])
+def test_text_that_only_looks_like_a_native_call_stays_content(text):
+    assert calls_of(text) == (text, [])
+
+
 def test_unclosed_block_at_the_end_is_still_a_call_and_garbage_is_content():
     assert calls_of('<tool_call>{"name": "get_time", "arguments": {}}')[1] == [("get_time", {})]
     content, calls = calls_of("<tool_call>not json</tool_call> ok")
