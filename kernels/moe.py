@@ -177,35 +177,34 @@ def fused_moe_triton(x, w13, w2, topk_weights, topk_ids, activation="silu", conf
 
 
 def fused_moe_ref(x, w13, w2, topk_weights, topk_ids, activation="silu"):
-    """Torch path (the CPU serving path): slots grouped by expert with one sort; per *used* expert one gate/up GEMM
-    and one down GEMM over all its rows, written in place into shared buffers (no loop over tokens; at decode
-    only the few experts the batch routes to run); the activation, product and routing weights once for all
-    rows; the k slots of each token summed in float32."""
+    """Torch path (the CPU serving path): slots grouped by expert with one sort, then torch's grouped GEMM
+    (``torch._grouped_mm``: every used expert's rows against its weights in one call, no read-back, no loop over
+    tokens or experts) for gate/up and for down; the activation, product and routing weights once for all rows;
+    the k slots of each token summed in float32. Without ``_grouped_mm`` (older torch): one GEMM pair per used
+    expert."""
     _check_moe_args(x, w13, w2, topk_weights, topk_ids, activation)
     tokens, top_k = topk_ids.shape
     experts, two_i, hidden = w13.shape
     flat = topk_ids.flatten().long()
     order = torch.sort(flat, stable=True).indices
-    counts = torch.bincount(flat, minlength=experts).tolist()  # one read-back: the loop's bounds
+    counts = torch.bincount(flat, minlength=experts)
     rows = x.index_select(0, order // top_k)
-    gate_up = torch.empty(order.numel(), two_i, dtype=x.dtype, device=x.device)
-    bounds = [(e, start, start + n) for e, (start, n) in enumerate(zip(_starts(counts), counts)) if n]
-    for e, start, end in bounds:
-        torch.mm(rows[start:end], w13[e].t(), out=gate_up[start:end])
-    gate, up = gate_up.chunk(2, dim=-1)
-    hidden_act = activation_ref(gate, activation) * up
-    down = torch.empty(order.numel(), hidden, dtype=x.dtype, device=x.device)
-    for e, start, end in bounds:
-        torch.mm(hidden_act[start:end], w2[e].t(), out=down[start:end])
+    gate, up = _grouped(rows, w13, counts).chunk(2, dim=-1)
+    down = _grouped(activation_ref(gate, activation) * up, w2, counts)
     down *= topk_weights.view(-1)[order, None].to(x.dtype)
     summed = torch.empty(order.numel(), hidden, dtype=torch.float32, device=x.device)
     summed[order] = down.float()
     return summed.view(tokens, top_k, hidden).sum(1).to(x.dtype)
 
 
-def _starts(counts: list[int]) -> list[int]:
-    starts, total = [], 0
-    for n in counts:
-        starts.append(total)
-        total += n
-    return starts
+def _grouped(rows: torch.Tensor, weights: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """rows ``[S, K]`` grouped by expert (``counts`` each) times each expert's ``weights[e]`` ``[N, K]``^T."""
+    if hasattr(torch, "_grouped_mm"):
+        return torch._grouped_mm(rows, weights.transpose(1, 2), offs=counts.cumsum(0).to(torch.int32))
+    out = torch.empty(rows.shape[0], weights.shape[1], dtype=rows.dtype, device=rows.device)
+    start = 0
+    for e, n in enumerate(counts.tolist()):
+        if n:
+            torch.mm(rows[start:start + n], weights[e].t(), out=out[start:start + n])
+        start += n
+    return out
