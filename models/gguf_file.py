@@ -19,7 +19,8 @@ from .weights import NamedTensor, QuantParts
 
 log = logging.getLogger("kernelserve.models")
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "mistral")
+SUPPORTED_ARCHS = ("llama", "qwen2", "mistral", "qwen3", "qwen3moe")
+_MODEL_TYPES = {"qwen3moe": "qwen3_moe"}  # llama.cpp's architecture name -> config.json's model_type
 
 _CONFIG_KEYS = {  # GGUF key (after "<arch>.") -> HF config key
     "context_length": "max_position_embeddings", "block_count": "num_hidden_layers",
@@ -27,6 +28,9 @@ _CONFIG_KEYS = {  # GGUF key (after "<arch>.") -> HF config key
     "rope.dimension_count": "head_dim", "rope.freq_base": "rope_theta",
     "attention.head_count": "num_attention_heads", "attention.head_count_kv": "num_key_value_heads",
     "attention.layer_norm_rms_epsilon": "rms_norm_eps", "vocab_size": "vocab_size",
+    "attention.key_length": "head_dim",
+    "expert_count": "num_experts", "expert_used_count": "num_experts_per_tok",
+    "expert_feed_forward_length": "moe_intermediate_size", "expert_weights_norm": "norm_topk_prob",
 }
 _TENSOR_NAMES = [  # GGUF regex -> HF name
     (r"^token_embd\.weight$", "model.embed_tokens.weight"),
@@ -41,6 +45,13 @@ _TENSOR_NAMES = [  # GGUF regex -> HF name
     (r"^blk\.(\d+)\.ffn_gate\.weight$", r"model.layers.\1.mlp.gate_proj.weight"),
     (r"^blk\.(\d+)\.ffn_up\.weight$", r"model.layers.\1.mlp.up_proj.weight"),
     (r"^blk\.(\d+)\.ffn_down\.weight$", r"model.layers.\1.mlp.down_proj.weight"),
+    (r"^blk\.(\d+)\.attn_q_norm\.weight$", r"model.layers.\1.self_attn.q_norm.weight"),  # Qwen3
+    (r"^blk\.(\d+)\.attn_k_norm\.weight$", r"model.layers.\1.self_attn.k_norm.weight"),
+    (r"^blk\.(\d+)\.ffn_gate_inp\.weight$", r"model.layers.\1.mlp.gate.weight"),  # MoE router
+    # MoE experts, one [E, out, in] tensor per projection: split into per-expert tensors ("{e}")
+    (r"^blk\.(\d+)\.ffn_gate_exps\.weight$", r"model.layers.\1.mlp.experts.{e}.gate_proj.weight"),
+    (r"^blk\.(\d+)\.ffn_up_exps\.weight$", r"model.layers.\1.mlp.experts.{e}.up_proj.weight"),
+    (r"^blk\.(\d+)\.ffn_down_exps\.weight$", r"model.layers.\1.mlp.experts.{e}.down_proj.weight"),
 ]
 _IGNORED = (r"^rope_freqs\.weight$",)  # llama3 scaling factors; recomputed from the config
 
@@ -75,7 +86,7 @@ def gguf_config(reader, path: str) -> dict:
     arch = _field(reader, "general.architecture")
     if arch not in SUPPORTED_ARCHS:
         raise ModelError(f"{path}: GGUF architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHS)})")
-    cfg = {"model_type": arch, "hidden_act": "silu"}
+    cfg = {"model_type": _MODEL_TYPES.get(arch, arch), "hidden_act": "silu"}
     for key, hf_key in _CONFIG_KEYS.items():
         value = _field(reader, f"{arch}.{key}")
         if value is not None:
@@ -84,6 +95,8 @@ def gguf_config(reader, path: str) -> dict:
         cfg["vocab_size"] = len(_field(reader, "tokenizer.ggml.tokens", []))
     names = {t.name for t in reader.tensors}
     cfg["tie_word_embeddings"] = "output.weight" not in names
+    if arch == "qwen3moe":  # layers with a dense FFN instead of experts (Qwen3-MoE's mlp_only_layers)
+        cfg["mlp_only_layers"] = sorted(int(n.split(".")[1]) for n in names if re.match(r"^blk\.\d+\.ffn_gate\.", n))
     return cfg
 
 
@@ -209,6 +222,10 @@ def iter_gguf_tensors(reader, path: str, cfg: dict, dtype: torch.dtype,
     for t in reader.tensors:
         hf = _hf_name(t.name, path)
         if hf is None:
+            continue
+        if "{e}" in hf:  # stacked experts: dense, one tensor per expert (the loader stacks them its own way)
+            for expert, w in enumerate(_dense(t, path, dtype)):
+                yield path, hf.format(e=expert), w
             continue
         quantized = t.tensor_type.name not in ("F32", "F16", "BF16", "F64")
         if hf.endswith(_PROJECTIONS) and t.tensor_type.name in keep_types:

@@ -231,3 +231,23 @@ def test_moe_routing_matches_transformers_token_by_token(kind, tmp_path, byte_bp
     for (w_ours, e_ours), (w_theirs, e_theirs) in zip(mine, theirs):
         assert e_ours.tolist() == e_theirs.tolist()
         torch.testing.assert_close(w_ours, w_theirs.float(), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "qwen3-moe"])
+def test_gguf_in_llama_cpp_layout_loads_back(kind, tmp_path, byte_bpe_tokenizer):
+    """Qwen3 and Qwen3-MoE written as llama.cpp's converter writes them (q/k norms, the router, experts stacked in
+    ffn_*_exps): the same logits as transformers on the same weights."""
+    from .gguf_writer import write_gguf
+
+    cfg = moe_family(kind) if kind == "qwen3-moe" else llama_family(kind)
+    cfg.vocab_size = byte_bpe_tokenizer.vocab_size
+    hf = save_random(cfg, tmp_path, byte_bpe_tokenizer)
+    path = str(tmp_path / "model.gguf")
+    write_gguf(path, "qwen3moe" if kind == "qwen3-moe" else "qwen3", cfg, hf.state_dict(), byte_bpe_tokenizer)
+    ours = load_model(path, dtype="float32", quantization="none")
+    assert ours.config.arch == ("qwen3_moe" if kind == "qwen3-moe" else "qwen3") and ours.config.qk_norm
+    assert ours.tokenizer.encode("Hello there") == byte_bpe_tokenizer.encode("Hello there")
+    for ids in PROMPTS:
+        with torch.no_grad():
+            theirs = hf(torch.tensor([ids])).logits[0]
+        torch.testing.assert_close(full_logits(ours.model, ids), theirs, atol=2e-4, rtol=1e-4)

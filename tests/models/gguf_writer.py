@@ -1,0 +1,76 @@
+"""Write a Hugging Face model as llama.cpp's converter lays it out (names, metadata, byte-level BPE tokenizer), so
+GGUF loading is tested for architectures whose real GGUF files are not installable here."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+
+# HF name -> llama.cpp name (the inverse of models/gguf_file.py's table, for the parts these tests write)
+NAMES = [
+    (r"^model\.embed_tokens\.weight$", "token_embd.weight"),
+    (r"^model\.norm\.weight$", "output_norm.weight"),
+    (r"^lm_head\.weight$", "output.weight"),
+    (r"^model\.layers\.(\d+)\.input_layernorm\.weight$", r"blk.\1.attn_norm.weight"),
+    (r"^model\.layers\.(\d+)\.post_attention_layernorm\.weight$", r"blk.\1.ffn_norm.weight"),
+    (r"^model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$", r"blk.\1.attn_\2.\3"),
+    (r"^model\.layers\.(\d+)\.self_attn\.o_proj\.weight$", r"blk.\1.attn_output.weight"),
+    (r"^model\.layers\.(\d+)\.self_attn\.([qk])_norm\.weight$", r"blk.\1.attn_\2_norm.weight"),
+    (r"^model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight$", r"blk.\1.ffn_\2.weight"),
+    (r"^model\.layers\.(\d+)\.mlp\.gate\.weight$", r"blk.\1.ffn_gate_inp.weight"),
+]
+
+
+def write_gguf(path: str, arch: str, cfg, state: dict, tokenizer) -> None:
+    """``state``: HF names -> tensors; per-expert MoE tensors are stacked into llama.cpp's ffn_*_exps."""
+    import gguf
+
+    writer = gguf.GGUFWriter(path, arch)
+    meta = {"context_length": cfg.max_position_embeddings, "block_count": cfg.num_hidden_layers,
+            "feed_forward_length": cfg.intermediate_size, "embedding_length": cfg.hidden_size,
+            "attention.head_count": cfg.num_attention_heads, "attention.head_count_kv": cfg.num_key_value_heads,
+            "attention.key_length": cfg.head_dim, "rope.dimension_count": cfg.head_dim}
+    for key, value in meta.items():
+        writer.add_uint32(f"{arch}.{key}", int(value))
+    writer.add_float32(f"{arch}.rope.freq_base", float(cfg.rope_parameters["rope_theta"]))
+    writer.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", float(cfg.rms_norm_eps))
+    if getattr(cfg, "num_experts", None):
+        writer.add_uint32(f"{arch}.expert_count", cfg.num_experts)
+        writer.add_uint32(f"{arch}.expert_used_count", cfg.num_experts_per_tok)
+        writer.add_uint32(f"{arch}.expert_feed_forward_length", cfg.moe_intermediate_size)
+        writer.add_bool(f"{arch}.expert_weights_norm", bool(cfg.norm_topk_prob))
+    model = json.loads(tokenizer.backend.to_str())["model"]
+    tokens = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in model["merges"]])
+    writer.add_token_types([3 if t.startswith("<|") and t.endswith("|>") else 1 for t in tokens])
+    writer.add_eos_token_id(tokens.index(tokenizer.eos_token))
+    experts: dict[str, dict[int, np.ndarray]] = {}
+    for name, tensor in state.items():
+        fused = re.match(r"^model\.layers\.(\d+)\.mlp\.experts\.(gate_up|down)_proj$", name)  # transformers 5
+        if fused:
+            layer, w = fused.group(1), tensor.float().numpy()  # [E, 2I, H] (gate rows, then up) / [E, H, I]
+            if fused.group(2) == "down":
+                writer.add_tensor(f"blk.{layer}.ffn_down_exps.weight", np.ascontiguousarray(w))
+            else:
+                half = w.shape[1] // 2
+                writer.add_tensor(f"blk.{layer}.ffn_gate_exps.weight", np.ascontiguousarray(w[:, :half]))
+                writer.add_tensor(f"blk.{layer}.ffn_up_exps.weight", np.ascontiguousarray(w[:, half:]))
+            continue
+        found = re.match(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$", name)
+        if found:
+            experts.setdefault(f"blk.{found.group(1)}.ffn_{found.group(3)}_exps.weight", {})[int(found.group(2))] = \
+                tensor.float().numpy()
+            continue
+        target = next((re.sub(p, r, name) for p, r in NAMES if re.match(p, name)), None)
+        if target is None:
+            raise KeyError(name)
+        writer.add_tensor(target, tensor.float().numpy())
+    for target, parts in experts.items():
+        writer.add_tensor(target, np.stack([parts[e] for e in sorted(parts)]))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
