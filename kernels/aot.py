@@ -209,8 +209,9 @@ def _moe_variants() -> Iterator[Variant]:
     fn = moe._moe_gemm_kernel
     for dt in DTYPES:
         torch_dtype = getattr(torch, DTYPE_OF[dt])
-        configs = {moe.moe_config(slots, 8, torch_dtype) for slots in (8, 4096)}  # decode- and prefill-shaped
-        for cfg in sorted(configs, key=lambda c: c.block_m):
+        untuned = {moe.moe_config(slots, 8, torch_dtype) for slots in (8, 4096)}  # decode- and prefill-shaped
+        tuned = {moe._moe_config_of(c) for c in gemm.configs_for(moe.MOE_CONFIGS, torch_dtype)}
+        for cfg in sorted(untuned | tuned, key=lambda c: (c.block_m, c.block_n, c.block_k)):
             for gated in (True, False):  # gate/up with the activation; down with the routing weight
                 args = dict(A=f"*{dt}", W=f"*{dt}", C=f"*{dt}", sorted_slots="*i32", tile_experts="*i32",
                             routing_weights="*fp32", num_slots="i32", N="i32", Kdim="i32", stride_am="i32",
@@ -218,7 +219,7 @@ def _moe_variants() -> Iterator[Variant]:
                             ACT=4 if gated else 0, SLOT_ROWS=not gated, MUL_WEIGHT=not gated, BLOCK_M=cfg.block_m,
                             BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
                 name = "gate_up" if gated else "down"
-                yield Variant(f"moe {name} {cfg.block_m}x{cfg.block_n}x{cfg.block_k} {dt}", fn, args,
+                yield Variant(f"moe {name} {cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} {dt}", fn, args,
                               cfg.num_warps, cfg.num_stages)
 
 

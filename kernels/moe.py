@@ -21,8 +21,10 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ._backend import interpreting
 from ._validate import FLOAT_DTYPES, checking, check_shape, check_tensor, expect
-from .gemm import _ACT_CODE, ACTIVATIONS, _activate, activation_ref
+from .gemm import _ACT_CODE, ACTIVATIONS, _activate, activation_ref, configs_for
+from .tuning import Tuner, m_bucket
 
 
 @dataclass(frozen=True)
@@ -35,15 +37,37 @@ class MoeConfig:
 
 
 def moe_config(num_slots: int, num_experts: int, dtype: torch.dtype) -> MoeConfig:
-    """Decode-shaped (a few (token, k) slots per expert) or prefill-shaped tiles; fp32 (TF32) halves K."""
+    """The untuned choice (the interpreter, KERNELSERVE_TUNING=off): decode-shaped tiles when there are a few
+    (token, k) slots per expert, prefill-shaped ones otherwise; fp32 (TF32) halves K."""
     wide = dtype == torch.float32
     if num_slots <= 4 * num_experts:
         return MoeConfig(16, 64, 32 if wide else 64, 4, 3)
     return MoeConfig(64, 64, 32 if wide else 64, 4, 3)
 
 
+def _config(m, n, k, warps, stages) -> triton.Config:
+    return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=warps, num_stages=stages)
+
+
+# the tuner's candidates per operand width, decode-shaped (few rows an expert) to prefill-shaped; every one
+# compiles for sm_90 and sm_80 without spills (tests/kernels/test_aot_compile.py)
+MOE_CONFIGS = {
+    16: [_config(16, 64, 64, 4, 3), _config(16, 128, 64, 4, 3), _config(32, 64, 64, 4, 3),
+         _config(64, 64, 64, 4, 3), _config(64, 128, 64, 8, 3), _config(128, 64, 64, 8, 3)],
+    32: [_config(16, 64, 32, 4, 3), _config(32, 64, 32, 4, 3), _config(64, 64, 32, 4, 3)],
+}
+
+
+def _moe_config_of(config: triton.Config) -> MoeConfig:
+    kw = config.kwargs
+    return MoeConfig(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps, config.num_stages)
+
+
 def all_moe_configs() -> list[MoeConfig]:
-    return sorted({moe_config(n, 8, dt) for n in (8, 4096) for dt in FLOAT_DTYPES}, key=lambda c: (c.block_m, c.block_k))
+    """Every config the launcher can run: the untuned choices and the tuner's candidates."""
+    untuned = {moe_config(n, 8, dt) for n in (8, 4096) for dt in FLOAT_DTYPES}
+    tuned = {_moe_config_of(c) for table in MOE_CONFIGS.values() for c in table}
+    return sorted(untuned | tuned, key=lambda c: (c.block_m, c.block_n, c.block_k, c.num_warps))
 
 
 def moe_route(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,16 +172,30 @@ def _check_moe_args(x, w13, w2, topk_weights, topk_ids, activation) -> None:
 
 
 def fused_moe_triton(x, w13, w2, topk_weights, topk_ids, activation="silu", config: MoeConfig | None = None):
-    """Launch the two grouped GEMMs. Arguments as :func:`kernels.fused_moe`."""
+    """Launch the two grouped GEMMs. Arguments as :func:`kernels.fused_moe`. Tiles: ``config``, else the tuner's
+    choice for this shape and token bucket (timed once, persisted: kernels/tuning.py), else, in the interpreter,
+    :func:`moe_config`'s."""
     _check_moe_args(x, w13, w2, topk_weights, topk_ids, activation)
     tokens, top_k = topk_ids.shape
     experts, two_i, hidden = w13.shape
-    inter = two_i // 2
-    out = torch.zeros_like(x)
+    out = torch.empty_like(x)
     if tokens == 0:
         return out
+    args = (x, w13, w2, topk_weights, topk_ids, activation, out)
+    if config is not None or interpreting():
+        _launch_moe(config or moe_config(tokens * top_k, experts, x.dtype), *args)
+    else:
+        key = (str(x.dtype).removeprefix("torch."), m_bucket(tokens * top_k), experts, hidden, two_i // 2, top_k,
+               activation)
+        MOE_TUNER.launch(key, None, args, {}, (x.dtype,), device=x.device)
+    return out
+
+
+def _launch_moe(cfg: MoeConfig, x, w13, w2, topk_weights, topk_ids, activation, out) -> None:
+    tokens, top_k = topk_ids.shape
+    experts, two_i, hidden = w13.shape
+    inter = two_i // 2
     slots = tokens * top_k
-    cfg = config or moe_config(slots, experts, x.dtype)
     sorted_slots, tile_experts, capacity = moe_align(topk_ids, experts, cfg.block_m)
     tiles = capacity // cfg.block_m
     act = torch.empty(slots, inter, dtype=x.dtype, device=x.device)
@@ -173,7 +211,11 @@ def fused_moe_triton(x, w13, w2, topk_weights, topk_ids, activation="silu", conf
         act, w2, down, sorted_slots, tile_experts, weights, slots, hidden, inter,
         act.stride(0), w2.stride(0), w2.stride(1), down.stride(0),
         GATED=False, ACT=0, SLOT_ROWS=True, MUL_WEIGHT=True, **common)
-    return down.view(tokens, top_k, hidden).sum(1, dtype=torch.float32).to(x.dtype)
+    out.copy_(down.view(tokens, top_k, hidden).sum(1, dtype=torch.float32))
+
+
+MOE_TUNER = Tuner("fused_moe", None, lambda dtype: configs_for(MOE_CONFIGS, dtype),
+                  run=lambda config, args, kwargs: _launch_moe(_moe_config_of(config), *args))
 
 
 def fused_moe_ref(x, w13, w2, topk_weights, topk_ids, activation="silu"):

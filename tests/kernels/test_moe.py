@@ -98,3 +98,33 @@ def test_align_groups_slots_by_expert(block_m):
         assert all(int(flat[r]) == expert for r in real)
     real = slots[slots < flat.numel()]
     assert sorted(real.tolist()) == list(range(flat.numel()))  # every slot exactly once
+
+
+def test_tuner_times_every_candidate_and_runs_the_fastest(impl, device):
+    """The tuner (a fake timer here) times each candidate as a whole fused MoE (alignment depends on the row
+    tile), keeps the fastest and its output is right."""
+    if impl != "triton":
+        pytest.skip("tile configs are a Triton concept")
+    from dataclasses import replace
+
+    from kernels.moe import MOE_CONFIGS, MOE_TUNER
+    from kernels.tuning import TuningCache
+
+    timed = []
+
+    def timer(launch):
+        launch()
+        timed.append(len(timed))
+        return 10.0 - len(timed)  # each later candidate "faster": the last one wins
+
+    tuner = replace(MOE_TUNER, cache=TuningCache(), timer=timer, _memo={})
+    g = torch.Generator().manual_seed(4)
+    x = rand(9, 64, dtype=torch.float32, device=device, generator=g)
+    w13, w2 = expert_weights(4, 48, 64, torch.float32, device, g)
+    weights, ids = moe_route(rand(9, 4, dtype=torch.float32, device=device, generator=g), 2, renormalize=True)
+    out = torch.empty_like(x)
+    tuner.launch(("float32", 32, 4, 64, 48, 2, "silu"), None, (x, w13, w2, weights, ids, "silu", out), {},
+                 (torch.float32,))
+    assert len(timed) == len(MOE_CONFIGS[32])
+    assert tuner.cache.choices  # the choice is kept
+    assert_close(out, moe_f64(x, w13, w2, weights, ids, "silu"), torch.float32)
