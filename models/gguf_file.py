@@ -95,6 +95,8 @@ def gguf_config(reader, path: str) -> dict:
         cfg["vocab_size"] = len(_field(reader, "tokenizer.ggml.tokens", []))
     names = {t.name for t in reader.tensors}
     cfg["tie_word_embeddings"] = "output.weight" not in names
+    if arch == "llama" and "num_experts" in cfg:  # llama.cpp writes Mixtral as llama with experts
+        cfg["model_type"], cfg["num_local_experts"] = "mixtral", cfg.pop("num_experts")
     if arch == "qwen3moe":  # layers with a dense FFN instead of experts (Qwen3-MoE's mlp_only_layers)
         cfg["mlp_only_layers"] = sorted(int(n.split(".")[1]) for n in names if re.match(r"^blk\.\d+\.ffn_gate\.", n))
     return cfg
@@ -217,7 +219,7 @@ def iter_gguf_tensors(reader, path: str, cfg: dict, dtype: torch.dtype,
                       keep_types: tuple[str, ...] = ()) -> Iterator[NamedTensor]:
     """(file, HF name, tensor) for every GGUF tensor. Projection weights of a type in ``keep_types``
     come as :class:`QuantParts`; every other tensor is dequantised to ``dtype``."""
-    permute = cfg["model_type"] in ("llama", "mistral")
+    permute = cfg["model_type"] in ("llama", "mistral", "mixtral")
     dense_types = set()
     for t in reader.tensors:
         hf = _hf_name(t.name, path)

@@ -27,17 +27,20 @@ def write_gguf(path: str, arch: str, cfg, state: dict, tokenizer) -> None:
     import gguf
 
     writer = gguf.GGUFWriter(path, arch)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     meta = {"context_length": cfg.max_position_embeddings, "block_count": cfg.num_hidden_layers,
             "feed_forward_length": cfg.intermediate_size, "embedding_length": cfg.hidden_size,
             "attention.head_count": cfg.num_attention_heads, "attention.head_count_kv": cfg.num_key_value_heads,
-            "attention.key_length": cfg.head_dim, "rope.dimension_count": cfg.head_dim}
+            "attention.key_length": head_dim, "rope.dimension_count": head_dim}
     for key, value in meta.items():
         writer.add_uint32(f"{arch}.{key}", int(value))
     writer.add_float32(f"{arch}.rope.freq_base", float(cfg.rope_parameters["rope_theta"]))
     writer.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", float(cfg.rms_norm_eps))
-    if getattr(cfg, "num_experts", None):
-        writer.add_uint32(f"{arch}.expert_count", cfg.num_experts)
+    experts = getattr(cfg, "num_experts", None) or getattr(cfg, "num_local_experts", None)
+    if experts:
+        writer.add_uint32(f"{arch}.expert_count", experts)
         writer.add_uint32(f"{arch}.expert_used_count", cfg.num_experts_per_tok)
+    if getattr(cfg, "moe_intermediate_size", None):  # Qwen3-MoE (Mixtral's experts are feed_forward_length wide)
         writer.add_uint32(f"{arch}.expert_feed_forward_length", cfg.moe_intermediate_size)
         writer.add_bool(f"{arch}.expert_weights_norm", bool(cfg.norm_topk_prob))
     model = json.loads(tokenizer.backend.to_str())["model"]
@@ -67,7 +70,11 @@ def write_gguf(path: str, arch: str, cfg, state: dict, tokenizer) -> None:
         target = next((re.sub(p, r, name) for p, r in NAMES if re.match(p, name)), None)
         if target is None:
             raise KeyError(name)
-        writer.add_tensor(target, tensor.float().numpy())
+        w = tensor.float().numpy()
+        if arch == "llama" and re.search(r"attn_[qk]\.weight$", target):  # llama.cpp interleaves rotary pairs
+            heads = cfg.num_attention_heads if "attn_q" in target else cfg.num_key_value_heads
+            w = w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+        writer.add_tensor(target, np.ascontiguousarray(w))
     for target, parts in experts.items():
         writer.add_tensor(target, np.stack([parts[e] for e in sorted(parts)]))
     writer.write_header_to_file()

@@ -233,19 +233,24 @@ def test_moe_routing_matches_transformers_token_by_token(kind, tmp_path, byte_bp
         torch.testing.assert_close(w_ours, w_theirs.float(), atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["qwen3", "qwen3-moe"])
+GGUF_ARCHS = {"qwen3": ("qwen3", "qwen3"), "qwen3-moe": ("qwen3moe", "qwen3_moe"), "mixtral": ("llama", "mixtral")}
+
+
+@pytest.mark.parametrize("kind", list(GGUF_ARCHS))
 def test_gguf_in_llama_cpp_layout_loads_back(kind, tmp_path, byte_bpe_tokenizer):
-    """Qwen3 and Qwen3-MoE written as llama.cpp's converter writes them (q/k norms, the router, experts stacked in
-    ffn_*_exps): the same logits as transformers on the same weights."""
+    """Qwen3, Qwen3-MoE and Mixtral written as llama.cpp's converter writes them (q/k norms, the router, experts
+    stacked in ffn_*_exps, Mixtral as "llama" with experts and its Q/K rows permuted): the same logits as
+    transformers on the same weights."""
     from .gguf_writer import write_gguf
 
-    cfg = moe_family(kind) if kind == "qwen3-moe" else llama_family(kind)
+    cfg = moe_family(kind) if kind in ("qwen3-moe", "mixtral") else llama_family(kind)
     cfg.vocab_size = byte_bpe_tokenizer.vocab_size
     hf = save_random(cfg, tmp_path, byte_bpe_tokenizer)
     path = str(tmp_path / "model.gguf")
-    write_gguf(path, "qwen3moe" if kind == "qwen3-moe" else "qwen3", cfg, hf.state_dict(), byte_bpe_tokenizer)
+    gguf_arch, model_type = GGUF_ARCHS[kind]
+    write_gguf(path, gguf_arch, cfg, hf.state_dict(), byte_bpe_tokenizer)
     ours = load_model(path, dtype="float32", quantization="none")
-    assert ours.config.arch == ("qwen3_moe" if kind == "qwen3-moe" else "qwen3") and ours.config.qk_norm
+    assert ours.config.arch == model_type and ours.config.qk_norm == (kind != "mixtral")
     assert ours.tokenizer.encode("Hello there") == byte_bpe_tokenizer.encode("Hello there")
     for ids in PROMPTS:
         with torch.no_grad():
