@@ -19,7 +19,7 @@ from .weights import NamedTensor, QuantParts
 
 log = logging.getLogger("kernelserve.models")
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "mistral", "qwen3", "qwen3moe")
+SUPPORTED_ARCHS = ("llama", "qwen2", "mistral", "qwen3", "qwen3moe", "phi3")
 _MODEL_TYPES = {"qwen3moe": "qwen3_moe"}  # llama.cpp's architecture name -> config.json's model_type
 
 _CONFIG_KEYS = {  # GGUF key (after "<arch>.") -> HF config key
@@ -48,12 +48,14 @@ _TENSOR_NAMES = [  # GGUF regex -> HF name
     (r"^blk\.(\d+)\.attn_q_norm\.weight$", r"model.layers.\1.self_attn.q_norm.weight"),  # Qwen3
     (r"^blk\.(\d+)\.attn_k_norm\.weight$", r"model.layers.\1.self_attn.k_norm.weight"),
     (r"^blk\.(\d+)\.ffn_gate_inp\.weight$", r"model.layers.\1.mlp.gate.weight"),  # MoE router
+    (r"^blk\.(\d+)\.attn_qkv\.weight$", r"model.layers.\1.self_attn.qkv_proj.weight"),  # Phi-3: stored fused
     # MoE experts, one [E, out, in] tensor per projection: split into per-expert tensors ("{e}")
     (r"^blk\.(\d+)\.ffn_gate_exps\.weight$", r"model.layers.\1.mlp.experts.{e}.gate_proj.weight"),
     (r"^blk\.(\d+)\.ffn_up_exps\.weight$", r"model.layers.\1.mlp.experts.{e}.up_proj.weight"),
     (r"^blk\.(\d+)\.ffn_down_exps\.weight$", r"model.layers.\1.mlp.experts.{e}.down_proj.weight"),
 ]
-_IGNORED = (r"^rope_freqs\.weight$",)  # llama3 scaling factors; recomputed from the config
+# llama3 scaling factors (recomputed from the config); Phi-3's LongRoPE factors (read into the config)
+_IGNORED = (r"^rope_freqs\.weight$", r"^rope_factors_(long|short)\.weight$")
 
 
 def _field(reader, key, default=None):
@@ -95,11 +97,37 @@ def gguf_config(reader, path: str) -> dict:
         cfg["vocab_size"] = len(_field(reader, "tokenizer.ggml.tokens", []))
     names = {t.name for t in reader.tensors}
     cfg["tie_word_embeddings"] = "output.weight" not in names
+    if arch == "phi3":
+        _phi3_config(reader, cfg, names)
     if arch == "llama" and "num_experts" in cfg:  # llama.cpp writes Mixtral as llama with experts
         cfg["model_type"], cfg["num_local_experts"] = "mixtral", cfg.pop("num_experts")
     if arch == "qwen3moe":  # layers with a dense FFN instead of experts (Qwen3-MoE's mlp_only_layers)
         cfg["mlp_only_layers"] = sorted(int(n.split(".")[1]) for n in names if re.match(r"^blk\.\d+\.ffn_gate\.", n))
     return cfg
+
+
+def _phi3_config(reader, cfg: dict, names: set[str]) -> None:
+    """Phi-3 / Phi-4-mini: head_dim from the width (rope.dimension_count is the rotated part), the sliding window,
+    and LongRoPE from the rope_factors_{short,long} tensors and the original context."""
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    rotated = _field(reader, "phi3.rope.dimension_count") or head_dim
+    cfg["head_dim"] = head_dim
+    window = _field(reader, "phi3.attention.sliding_window")
+    if window:
+        cfg["sliding_window"] = window
+    rope = {"rope_type": "default", "rope_theta": cfg.get("rope_theta", 10000.0),
+            "partial_rotary_factor": rotated / head_dim}
+    if "rope_factors_short.weight" in names:
+        factors = {t.name: t for t in reader.tensors}
+        original = _field(reader, "phi3.rope.scaling.original_context_length")
+        rope.update(rope_type="longrope", original_max_position_embeddings=original,
+                    short_factor=_dense(factors["rope_factors_short.weight"], "", torch.float32).tolist(),
+                    long_factor=_dense(factors["rope_factors_long.weight"], "", torch.float32).tolist())
+        attn_factor = _field(reader, "phi3.rope.scaling.attn_factor")
+        if attn_factor is not None:
+            rope["attention_factor"] = float(attn_factor)
+        cfg["original_max_position_embeddings"] = original
+    cfg["rope_parameters"] = rope
 
 
 def _unpermute_rows(rows: int, heads: int) -> torch.Tensor:
@@ -113,9 +141,11 @@ def _unpermute(w: torch.Tensor, heads: int) -> torch.Tensor:
     return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
-def _hf_name(name: str, path: str) -> str | None:
+def _hf_name(name: str, path: str, arch: str = "") -> str | None:
     if any(re.search(p, name) for p in _IGNORED):
         return None
+    if arch == "phi3" and re.match(r"^blk\.\d+\.ffn_up\.weight$", name):  # Phi-3's gate and up rows, fused
+        return re.sub(r"^blk\.(\d+)\.ffn_up\.weight$", r"model.layers.\1.mlp.gate_up_proj.weight", name)
     for pattern, repl in _TENSOR_NAMES:
         if re.search(pattern, name):
             return re.sub(pattern, repl, name)
@@ -222,7 +252,7 @@ def iter_gguf_tensors(reader, path: str, cfg: dict, dtype: torch.dtype,
     permute = cfg["model_type"] in ("llama", "mistral", "mixtral")
     dense_types = set()
     for t in reader.tensors:
-        hf = _hf_name(t.name, path)
+        hf = _hf_name(t.name, path, cfg["model_type"])
         if hf is None:
             continue
         if "{e}" in hf:  # stacked experts: dense, one tensor per expert (the loader stacks them its own way)

@@ -19,6 +19,8 @@ NAMES = [
     (r"^model\.layers\.(\d+)\.self_attn\.([qk])_norm\.weight$", r"blk.\1.attn_\2_norm.weight"),
     (r"^model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight$", r"blk.\1.ffn_\2.weight"),
     (r"^model\.layers\.(\d+)\.mlp\.gate\.weight$", r"blk.\1.ffn_gate_inp.weight"),
+    (r"^model\.layers\.(\d+)\.self_attn\.qkv_proj\.weight$", r"blk.\1.attn_qkv.weight"),  # Phi-3
+    (r"^model\.layers\.(\d+)\.mlp\.gate_up_proj\.weight$", r"blk.\1.ffn_up.weight"),
 ]
 
 
@@ -31,10 +33,21 @@ def write_gguf(path: str, arch: str, cfg, state: dict, tokenizer) -> None:
     meta = {"context_length": cfg.max_position_embeddings, "block_count": cfg.num_hidden_layers,
             "feed_forward_length": cfg.intermediate_size, "embedding_length": cfg.hidden_size,
             "attention.head_count": cfg.num_attention_heads, "attention.head_count_kv": cfg.num_key_value_heads,
-            "attention.key_length": head_dim, "rope.dimension_count": head_dim}
+            "attention.key_length": head_dim}
+    if arch != "phi3":
+        meta["rope.dimension_count"] = head_dim
     for key, value in meta.items():
         writer.add_uint32(f"{arch}.{key}", int(value))
     writer.add_float32(f"{arch}.rope.freq_base", float(cfg.rope_parameters["rope_theta"]))
+    rope = cfg.rope_parameters
+    if arch == "phi3":  # the rotated part, the window, LongRoPE's factors as tensors and its original context
+        writer.add_uint32(f"{arch}.rope.dimension_count", int(head_dim * rope.get("partial_rotary_factor", 1.0)))
+        if cfg.sliding_window:
+            writer.add_uint32(f"{arch}.attention.sliding_window", cfg.sliding_window)
+        if rope.get("rope_type") == "longrope":
+            writer.add_uint32(f"{arch}.rope.scaling.original_context_length", rope["original_max_position_embeddings"])
+            writer.add_tensor("rope_factors_short.weight", np.array(rope["short_factor"], dtype=np.float32))
+            writer.add_tensor("rope_factors_long.weight", np.array(rope["long_factor"], dtype=np.float32))
     writer.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", float(cfg.rms_norm_eps))
     experts = getattr(cfg, "num_experts", None) or getattr(cfg, "num_local_experts", None)
     if experts:

@@ -233,14 +233,15 @@ def test_moe_routing_matches_transformers_token_by_token(kind, tmp_path, byte_bp
         torch.testing.assert_close(w_ours, w_theirs.float(), atol=1e-6, rtol=1e-5)
 
 
-GGUF_ARCHS = {"qwen3": ("qwen3", "qwen3"), "qwen3-moe": ("qwen3moe", "qwen3_moe"), "mixtral": ("llama", "mixtral")}
+GGUF_ARCHS = {"qwen3": ("qwen3", "qwen3"), "qwen3-moe": ("qwen3moe", "qwen3_moe"), "mixtral": ("llama", "mixtral"),
+              "phi4-mini": ("phi3", "phi3")}
 
 
 @pytest.mark.parametrize("kind", list(GGUF_ARCHS))
 def test_gguf_in_llama_cpp_layout_loads_back(kind, tmp_path, byte_bpe_tokenizer):
-    """Qwen3, Qwen3-MoE and Mixtral written as llama.cpp's converter writes them (q/k norms, the router, experts
-    stacked in ffn_*_exps, Mixtral as "llama" with experts and its Q/K rows permuted): the same logits as
-    transformers on the same weights."""
+    """Qwen3, Qwen3-MoE, Mixtral and Phi-4-mini written as llama.cpp's converter writes them (q/k norms, the
+    router, experts stacked in ffn_*_exps, Mixtral as "llama" with experts and its Q/K rows permuted, Phi-3's fused
+    qkv and gate/up, LongRoPE factors as tensors, partial rotary): the same logits as transformers."""
     from .gguf_writer import write_gguf
 
     cfg = moe_family(kind) if kind in ("qwen3-moe", "mixtral") else llama_family(kind)
@@ -250,7 +251,7 @@ def test_gguf_in_llama_cpp_layout_loads_back(kind, tmp_path, byte_bpe_tokenizer)
     gguf_arch, model_type = GGUF_ARCHS[kind]
     write_gguf(path, gguf_arch, cfg, hf.state_dict(), byte_bpe_tokenizer)
     ours = load_model(path, dtype="float32", quantization="none")
-    assert ours.config.arch == model_type and ours.config.qk_norm == (kind != "mixtral")
+    assert ours.config.arch == model_type and ours.config.qk_norm == kind.startswith("qwen3")
     assert ours.tokenizer.encode("Hello there") == byte_bpe_tokenizer.encode("Hello there")
     for ids in PROMPTS:
         with torch.no_grad():
