@@ -78,6 +78,18 @@ def attention_case(dtype=torch.bfloat16, batch=4, seqlen=4096, heads=16, dim=128
                 "SDPA flash", flops=4 * batch * heads * seqlen * seqlen * dim / 2)
 
 
+def _paged_inputs(dtype, batch, ctx, hq, hkv, dim, block):
+    """A full paged cache of ``batch`` sequences of ``ctx`` tokens in shuffled blocks, and one query each."""
+    blocks_per_seq = ctx // block
+    num_blocks = batch * blocks_per_seq
+    k_cache = torch.randn(num_blocks, block, hkv, dim, device="cuda", dtype=dtype)
+    v_cache = torch.randn_like(k_cache)
+    tables = torch.randperm(num_blocks, device="cuda", dtype=torch.int32).view(batch, blocks_per_seq)
+    lens = torch.full((batch,), ctx, device="cuda", dtype=torch.int32)
+    q = torch.randn(batch, hq, dim, device="cuda", dtype=dtype)
+    return q, k_cache, v_cache, tables, lens
+
+
 def window_cases(dtype=torch.bfloat16, batch=4, seqlen=8192, heads=16, dim=128, window=1024) -> list[Case]:
     """Mistral / Gemma sliding windows and Gemma 2's soft-capping: the window reads window/seqlen of the keys (its
     flops counted as such); the baseline is SDPA with the same mask as a boolean tensor (soft-capping: eager)."""
@@ -106,13 +118,7 @@ def window_cases(dtype=torch.bfloat16, batch=4, seqlen=8192, heads=16, dim=128, 
 def paged_window_case(dtype=torch.bfloat16, batch=64, ctx=8192, hq=32, hkv=8, dim=128, block=16,
                       window=1024) -> Case:
     """Decode with a window: the kernel skips the tiles behind it, so it moves window/ctx of the cache."""
-    blocks_per_seq = ctx // block
-    num_blocks = batch * blocks_per_seq
-    k_cache = torch.randn(num_blocks, block, hkv, dim, device="cuda", dtype=dtype)
-    v_cache = torch.randn_like(k_cache)
-    tables = torch.randperm(num_blocks, device="cuda", dtype=torch.int32).view(batch, blocks_per_seq)
-    lens = torch.full((batch,), ctx, device="cuda", dtype=torch.int32)
-    q = torch.randn(batch, hq, dim, device="cuda", dtype=dtype)
+    q, k_cache, v_cache, tables, lens = _paged_inputs(dtype, batch, ctx, hq, hkv, dim, block)
     return Case(f"paged_attention window {window} + softcap bf16 B{batch} ctx{ctx} {hq}:{hkv} D{dim}",
                 lambda: kernels.paged_attention(q, k_cache, v_cache, tables, lens, window=(window - 1, 0),
                                                 softcap=50.0),
@@ -140,13 +146,7 @@ def moe_cases(dtype=torch.bfloat16, hidden=2048, inter=768, experts=128, top_k=8
 
 
 def paged_case(dtype=torch.bfloat16, batch=64, ctx=4096, hq=32, hkv=8, dim=128, block=16) -> Case:
-    blocks_per_seq = ctx // block
-    num_blocks = batch * blocks_per_seq
-    k_cache = torch.randn(num_blocks, block, hkv, dim, device="cuda", dtype=dtype)
-    v_cache = torch.randn_like(k_cache)
-    tables = torch.randperm(num_blocks, device="cuda", dtype=torch.int32).view(batch, blocks_per_seq)
-    lens = torch.full((batch,), ctx, device="cuda", dtype=torch.int32)
-    q = torch.randn(batch, hq, dim, device="cuda", dtype=dtype)
+    q, k_cache, v_cache, tables, lens = _paged_inputs(dtype, batch, ctx, hq, hkv, dim, block)
     return Case(f"paged_attention bf16 B{batch} ctx{ctx} {hq}:{hkv} D{dim}",
                 lambda: kernels.paged_attention(q, k_cache, v_cache, tables, lens),
                 lambda: paged_attention_ref(q, k_cache, v_cache, tables, lens), "torch gather+SDPA",

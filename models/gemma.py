@@ -20,7 +20,7 @@ import kernels
 
 from .config import DecoderConfig, RopeScaling
 from .layers import Embedding, KVCache, Linear, Norm, lm_logits, self_attention
-from .llama import RULES, TIED_RULES
+from .llama import RULES, TIED_RULES, LlamaMLP, stacked_sizes
 from .metadata import AttentionMetadata
 
 
@@ -51,17 +51,6 @@ class GemmaAttention(nn.Module):
         return self.o_proj(o.reshape(-1, c.q_size))
 
 
-class GemmaMLP(nn.Module):
-    def __init__(self, cfg: DecoderConfig, dtype: torch.dtype):
-        super().__init__()
-        self.activation = cfg.activation
-        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, False, dtype)
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, False, dtype)
-
-    def forward(self, x):
-        return kernels.gated_ffn(x, self.gate_up_proj.weight, self.down_proj.weight, self.activation)
-
-
 class GemmaDecoderLayer(nn.Module):
     def __init__(self, cfg: DecoderConfig, index: int, dtype: torch.dtype):
         super().__init__()
@@ -70,7 +59,7 @@ class GemmaDecoderLayer(nn.Module):
         self.pre_feedforward_layernorm, self.post_feedforward_layernorm = norm(), norm()
         window = cfg.layer_windows[index] if cfg.layer_windows else 0
         self.self_attn = GemmaAttention(cfg, window, dtype)
-        self.mlp = GemmaMLP(cfg, dtype)
+        self.mlp = LlamaMLP(cfg, dtype)  # GeGLU: the same gate/up and down, with the tanh GELU
         self.local = bool(window)
 
     def forward(self, pending, residual, positions, cos_sin, meta, cache):
@@ -107,15 +96,7 @@ class GemmaForCausalLM(nn.Module):
                                                                            inv_freq=local), persistent=False)
 
     def shard_sizes(self) -> dict[str, tuple[int, ...]]:
-        c = self.cfg
-        sizes = {}
-        for i in range(c.num_layers):
-            p = f"model.layers.{i}."
-            sizes[p + "self_attn.qkv_proj.weight"] = (c.q_size, c.kv_size, c.kv_size)
-            if c.qkv_bias:
-                sizes[p + "self_attn.qkv_proj.bias"] = (c.q_size, c.kv_size, c.kv_size)
-            sizes[p + "mlp.gate_up_proj.weight"] = (c.intermediate_size, c.intermediate_size)
-        return sizes
+        return stacked_sizes(self.cfg)
 
     def after_load(self) -> None:
         """Gemma's RMSNorm multiplies by ``1 + w``: fold the 1 into the loaded weights once."""

@@ -41,6 +41,20 @@ def checkpoint_rules(cfg: DecoderConfig) -> CheckpointRules:
     return TIED_RULES if cfg.tie_word_embeddings else RULES
 
 
+def stacked_sizes(c: DecoderConfig) -> dict[str, tuple[int, ...]]:
+    """Row counts of the parts stacked at load: q/k/v into qkv_proj, gate/up into gate_up_proj."""
+    sizes = {}
+    if c.arch == "phi3":  # stored stacked: each is one tensor
+        return sizes
+    for i in range(c.num_layers):
+        p = f"model.layers.{i}."
+        sizes[p + "self_attn.qkv_proj.weight"] = (c.q_size, c.kv_size, c.kv_size)
+        if c.qkv_bias:
+            sizes[p + "self_attn.qkv_proj.bias"] = (c.q_size, c.kv_size, c.kv_size)
+        sizes[p + "mlp.gate_up_proj.weight"] = (c.intermediate_size, c.intermediate_size)
+    return sizes
+
+
 class LlamaAttention(nn.Module):
     def __init__(self, cfg: DecoderConfig, dtype: torch.dtype, index: int = 0):
         super().__init__()
@@ -118,17 +132,7 @@ class LlamaForCausalLM(nn.Module):
         self.register_buffer("cos_sin", cfg.cos_sin_cache(), persistent=False)
 
     def shard_sizes(self) -> dict[str, tuple[int, ...]]:
-        c = self.cfg
-        sizes = {}
-        if c.arch == "phi3":  # stored stacked: each is one tensor
-            return sizes
-        for i in range(c.num_layers):
-            p = f"model.layers.{i}."
-            sizes[p + "self_attn.qkv_proj.weight"] = (c.q_size, c.kv_size, c.kv_size)
-            if c.qkv_bias:
-                sizes[p + "self_attn.qkv_proj.bias"] = (c.q_size, c.kv_size, c.kv_size)
-            sizes[p + "mlp.gate_up_proj.weight"] = (c.intermediate_size, c.intermediate_size)
-        return sizes
+        return stacked_sizes(self.cfg)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[KVCache] | None = None) -> torch.Tensor:
