@@ -47,8 +47,8 @@ def save(kind: str, folder, smollm):
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, smollm):
-    models = {kind: save(kind, tmp_path_factory.mktemp(kind), smollm) for kind in ("qwen3", "gemma3")}
-    folders = {kind: str(tmp_path_factory.getbasetemp() / f"{kind}0") for kind in models}
+    folders = {kind: tmp_path_factory.mktemp(f"served-{kind}") for kind in ("qwen3", "gemma3")}
+    models = {kind: save(kind, folder, smollm) for kind, folder in folders.items()}
     server = Server("--model", f"qwen3-test={folders['qwen3']}", "--model", f"gemma3-test={folders['gemma3']}",
                     "--api-key", API_KEY, "--reasoning-parser", "qwen3-test=qwen3")
     yield server, models
