@@ -273,7 +273,7 @@ def llama_config(cfg: dict) -> DecoderConfig:
 def moe_config(cfg: dict) -> DecoderConfig:
     """Mixtral (every layer MoE, top-k renormalised) and Qwen3-MoE (decoder_sparse_step, mlp_only_layers,
     norm_topk_prob, moe_intermediate_size; q/k norms as Qwen3)."""
-    base = llama_config({**cfg, "model_type": cfg["model_type"]})
+    base = llama_config(cfg)
     layers = cfg["num_hidden_layers"]
     if cfg["model_type"] == "mixtral":
         return dataclasses.replace(base, num_experts=cfg["num_local_experts"],
@@ -450,21 +450,27 @@ def t5_config(cfg: dict) -> EncoderDecoderConfig:
     )
 
 
+def _fairseq_layout(cfg: dict, family: str, arch: str, activation: str, scale_embedding: bool) -> EncoderDecoderConfig:
+    """BART, Marian and M2M100 configs share fairseq's field names; the families' defaults differ."""
+    heads = cfg["decoder_attention_heads"]
+    if cfg["encoder_attention_heads"] != heads or cfg["encoder_ffn_dim"] != cfg["decoder_ffn_dim"]:
+        raise ModelError(f"config.json: {family} with different encoder and decoder widths is not supported")
+    return EncoderDecoderConfig(
+        arch=arch, vocab_size=cfg["vocab_size"], hidden_size=cfg["d_model"],
+        num_encoder_layers=cfg["encoder_layers"], num_layers=cfg["decoder_layers"], num_heads=heads,
+        head_dim=cfg["d_model"] // heads, intermediate_size=cfg["decoder_ffn_dim"], norm_eps=1e-5,
+        activation=activation_from_hf(cfg.get("activation_function", activation)),
+        max_position=cfg["max_position_embeddings"], tie_word_embeddings=cfg.get("tie_word_embeddings", True),
+        scale_embedding=bool(cfg.get("scale_embedding", scale_embedding)),
+        decoder_start_token_id=cfg.get("decoder_start_token_id", 2), eos_token_id=cfg.get("eos_token_id", 2),
+        pad_token_id=cfg.get("pad_token_id", 1),
+    )
+
+
 def bart_config(cfg: dict) -> EncoderDecoderConfig:
     if cfg.get("normalize_before") or cfg.get("add_final_layer_norm"):
         raise ModelError("config.json: pre-norm BART variants (mBART) are not supported")
-    heads = cfg["decoder_attention_heads"]
-    if cfg["encoder_attention_heads"] != heads or cfg["encoder_ffn_dim"] != cfg["decoder_ffn_dim"]:
-        raise ModelError("config.json: BART with different encoder and decoder widths is not supported")
-    return EncoderDecoderConfig(
-        arch="bart", vocab_size=cfg["vocab_size"], hidden_size=cfg["d_model"],
-        num_encoder_layers=cfg["encoder_layers"], num_layers=cfg["decoder_layers"], num_heads=heads,
-        head_dim=cfg["d_model"] // heads, intermediate_size=cfg["decoder_ffn_dim"], norm_eps=1e-5,
-        activation=activation_from_hf(cfg.get("activation_function", "gelu")),
-        max_position=cfg["max_position_embeddings"], tie_word_embeddings=cfg.get("tie_word_embeddings", True),
-        scale_embedding=bool(cfg.get("scale_embedding", False)),
-        decoder_start_token_id=cfg.get("decoder_start_token_id", 2), eos_token_id=cfg.get("eos_token_id", 2),
-    )
+    return _fairseq_layout(cfg, "BART", "bart", "gelu", False)
 
 
 def marian_config(cfg: dict) -> EncoderDecoderConfig:
@@ -473,27 +479,13 @@ def marian_config(cfg: dict) -> EncoderDecoderConfig:
         raise ModelError("config.json: Marian with separate source and target vocabularies is not supported")
     if cfg.get("normalize_before") or cfg.get("normalize_embedding"):
         raise ModelError("config.json: pre-norm Marian variants are not supported")
-    return dataclasses.replace(bart_config({**cfg, "activation_function": cfg.get("activation_function", "swish")}),
-                               arch="marian", sinusoidal_positions=True,
-                               scale_embedding=bool(cfg.get("scale_embedding", True)),
+    return dataclasses.replace(_fairseq_layout(cfg, "Marian", "marian", "swish", True), sinusoidal_positions=True,
                                decoder_start_token_id=cfg.get("decoder_start_token_id", cfg.get("pad_token_id")),
-                               eos_token_id=cfg.get("eos_token_id", 0), pad_token_id=cfg.get("pad_token_id", 1))
+                               eos_token_id=cfg.get("eos_token_id", 0))
 
 
 def m2m100_config(cfg: dict) -> EncoderDecoderConfig:
-    heads = cfg["decoder_attention_heads"]
-    if cfg["encoder_attention_heads"] != heads or cfg["encoder_ffn_dim"] != cfg["decoder_ffn_dim"]:
-        raise ModelError("config.json: M2M100 with different encoder and decoder widths is not supported")
-    return EncoderDecoderConfig(
-        arch="m2m_100", vocab_size=cfg["vocab_size"], hidden_size=cfg["d_model"],
-        num_encoder_layers=cfg["encoder_layers"], num_layers=cfg["decoder_layers"], num_heads=heads,
-        head_dim=cfg["d_model"] // heads, intermediate_size=cfg["decoder_ffn_dim"], norm_eps=1e-5,
-        activation=activation_from_hf(cfg.get("activation_function", "relu")),
-        max_position=cfg["max_position_embeddings"], tie_word_embeddings=cfg.get("tie_word_embeddings", True),
-        scale_embedding=bool(cfg.get("scale_embedding", True)),
-        decoder_start_token_id=cfg.get("decoder_start_token_id", 2), eos_token_id=cfg.get("eos_token_id", 2),
-        pad_token_id=cfg.get("pad_token_id", 1),
-    )
+    return _fairseq_layout(cfg, "M2M100", "m2m_100", "relu", True)
 
 
 CONFIG_READERS.update({"t5": t5_config, "bart": bart_config, "marian": marian_config, "m2m_100": m2m100_config})

@@ -42,8 +42,9 @@ class ModernBertLayer(nn.Module):
     def forward(self, pending, residual, positions, cos_sin, meta: AttentionMetadata):
         """Pre-LN with the residual add fused into each norm: returns (this layer's MLP output, residual)."""
         c = self.cfg
-        x = residual if self.first else None
-        if x is None:
+        if self.first:
+            x = residual
+        else:
             x, residual = self.attn_norm(pending, residual)
         q, k, v = self.attn.Wqkv(x).view(-1, 3, c.num_heads, c.head_dim).unbind(1)
         q, k = q.contiguous(), k.contiguous()
