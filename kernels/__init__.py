@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from . import compile_keys
+from . import cpu as _cpu
 from ._backend import BACKENDS, backend_for, interpreting, selected_backend, use_triton
 from ._validate import trusted_calls
 from .decode_gemm import DECODE_MAX_M, linear_decode_triton
@@ -23,8 +24,9 @@ from .moe import fused_moe_ref, fused_moe_triton, moe_route
 from .norms import layer_norm_ref, layer_norm_triton, rms_norm_ref, rms_norm_triton
 from .paged import paged_attention_ref, paged_attention_triton, store_kv_ref, store_kv_triton
 from .quant_gemm import (QuantizedWeight, pack_codes, prepare_cpu, quant_linear_cpu, quant_linear_ref,
-                         quant_linear_triton, quantize_rtn)
+                         quant_linear_triton, quantize_rtn, uses_cpu_kernel)
 from .rope import rotary_cos_sin_cache, rotary_ref, rotary_triton
+from .cpu.ops import act_and_mul_cpu, act_and_mul_ref, paged_attention_cpu, rms_norm_cpu, rotary_cpu
 
 if interpreting():
     from ._interpreter_fix import patch_interpreter_bf16_dot
@@ -32,10 +34,11 @@ if interpreting():
     patch_interpreter_bf16_dot()
 
 __all__ = [
-    "ACTIVATIONS", "BACKENDS", "QuantizedWeight", "attention", "backend_for", "ffn", "fused_moe", "gated_ffn",
+    "ACTIVATIONS", "BACKENDS", "QuantizedWeight", "act_and_mul", "attention", "backend_for", "ffn", "fused_moe", "gated_ffn",
     "interpreting", "moe_route",
     "layer_norm", "linear", "pack_codes", "paged_attention", "prepare_cpu", "quant_linear_ref", "quantize_rtn",
     "rms_norm", "rotary", "rotary_cos_sin_cache", "runs_triton", "selected_backend", "store_kv", "trusted_calls",
+    "uses_cpu_kernel",
 ]
 
 
@@ -71,7 +74,7 @@ def paged_attention(q, k_cache, v_cache, block_tables, seq_lens, *, scale: float
     sits at ``seq_len - 1``, so only a window's ``left`` matters; the kernel skips the
     cache blocks behind it).
     """
-    fn = _pick(paged_attention_triton, paged_attention_ref, q)
+    fn = _pick(paged_attention_triton, paged_attention_ref, q, paged_attention_cpu)
     return fn(q, k_cache, v_cache, block_tables, seq_lens, scale=scale, position_bias=position_bias, window=window,
               softcap=softcap)
 
@@ -90,7 +93,7 @@ def layer_norm(x, weight, bias, eps: float, residual=None):
 
 def rms_norm(x, weight, eps: float, residual=None):
     """RMSNorm over the last dim; with ``residual`` returns ``(rms_norm(x + residual), x + residual)``."""
-    fn = _pick(rms_norm_triton, rms_norm_ref, x)
+    fn = _pick(rms_norm_triton, rms_norm_ref, x, rms_norm_cpu)
     return fn(x, weight, eps, residual)
 
 
@@ -109,13 +112,14 @@ def runs_triton(device: torch.device | str) -> bool:
     return backend_for(device) == "triton" or compile_keys.active() is not None
 
 
-def _pick(triton_fn, torch_fn, main: torch.Tensor):
-    """``triton_fn`` where ``main`` runs Triton; else ``torch_fn``, shadowed by ``triton_fn`` while compile keys
-    are recorded (kernels/compile_keys.py: the launcher runs for its keys, the torch path for the result)."""
+def _pick(triton_fn, torch_fn, main: torch.Tensor, cpu_fn=None):
+    """``triton_fn`` where ``main`` runs Triton; on CPU tensors ``cpu_fn`` (kernels/cpu) when given and the C++
+    kernels are built; else ``torch_fn``, shadowed by ``triton_fn`` while compile keys are recorded
+    (kernels/compile_keys.py: the launcher runs for its keys, the torch path for the result)."""
     if use_triton(main):
         return triton_fn
     if compile_keys.active() is None:
-        return torch_fn
+        return cpu_fn if cpu_fn is not None and main.device.type == "cpu" and _cpu.available() else torch_fn
 
     def shadowed(*args, **kwargs):
         compile_keys.shadow(triton_fn, *args, **kwargs)
@@ -149,8 +153,14 @@ def gated_ffn(x, w_gate_up, w_down, activation: str = "silu") -> torch.Tensor:
 
 
 def _two_gemm_ffn(gemm, x, w_gate_up, w_down, activation: str) -> torch.Tensor:
-    gate, up = gemm(x, w_gate_up).chunk(2, dim=-1)
-    return gemm(activation_ref(gate, activation) * up, w_down)
+    return gemm(act_and_mul(gemm(x, w_gate_up), activation), w_down)
+
+
+def act_and_mul(gate_up: torch.Tensor, activation: str = "silu") -> torch.Tensor:
+    """``act(gate) * up`` with ``gate_up = cat([gate, up], -1)`` ``[..., 2I]`` -> ``[..., I]``."""
+    if gate_up.device.type == "cpu" and compile_keys.active() is None and _cpu.available():
+        return act_and_mul_cpu(gate_up, activation)
+    return act_and_mul_ref(gate_up, activation)
 
 
 def ffn(x, w_in, b_in, w_out, b_out, activation: str | None) -> torch.Tensor:
@@ -163,5 +173,5 @@ def ffn(x, w_in, b_in, w_out, b_out, activation: str | None) -> torch.Tensor:
 
 def rotary(q, k, positions, cos_sin_cache, neox_style: bool = True):
     """Rotary embeddings applied in place to q ``[T, Hq, D]`` and k ``[T, Hkv, D]``; returns (q, k)."""
-    fn = _pick(rotary_triton, rotary_ref, q)
+    fn = _pick(rotary_triton, rotary_ref, q, rotary_cpu)
     return fn(q, k, positions, cos_sin_cache, neox_style)

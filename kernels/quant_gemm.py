@@ -17,11 +17,13 @@ column ``2j + 1`` in the high nibble. The Triton kernel reads the packed bytes
 once and splits them into an even-column and an odd-column tile, multiplying
 each with the matching stride-2 columns of ``x`` (two dots, no interleave).
 
-The CPU path uses torch's packed int4 kernel (``_weight_int4pack_mm_for_cpu``,
-``w = (q - 8) * scale + zero``): a 4-bit weight is one call; an 8-bit code
-``c = 16 h + l`` is two calls over its nibbles, ``W = (16 s h - 128 s) + (s l + o + 128 s)``.
-torch's kernel is vectorised for 16-bit activations; with float32 ones it is
-exact but slow, so quantized models serve in bfloat16 on CPU by default.
+The CPU path is kernelserve's own C++ kernel (``kernels/cpu/quant_gemm.cpp``): it reads this
+layout directly (the only copy of the weight), unpacks each 32-column chunk of a weight row once for
+all rows of the call, and sums every output in an order fixed by K alone (batch invariant).
+Without it (no compiler, ``KERNELSERVE_CPU_KERNELS=0``, group sizes it does not vectorise), torch's
+packed int4 kernel (``_weight_int4pack_mm_for_cpu``, ``w = (q - 8) * scale + zero``) runs from a
+second, repacked copy: a 4-bit weight is one call; an 8-bit code ``c = 16 h + l`` is two calls over
+its nibbles, ``W = (16 s h - 128 s) + (s l + o + 128 s)``; its float32 path is exact but slow.
 """
 from __future__ import annotations
 
@@ -261,8 +263,17 @@ def _int4_parts(qw: QuantizedWeight) -> list[tuple[torch.Tensor, torch.Tensor, t
 
 
 def cpu_supported(qw: QuantizedWeight) -> bool:
+    """Whether torch's packed int4 CPU kernel takes this weight (the fallback of the C++ kernel)."""
     n, k = qw.shape
     return n % 16 == 0 and qw.group_size in CPU_GROUP_SIZES and k % qw.group_size == 0
+
+
+def uses_cpu_kernel(qw: QuantizedWeight, dtype: torch.dtype) -> bool:
+    """Whether kernelserve's C++ kernel runs this weight with ``dtype`` activations (vectorised: groups of a
+    multiple of 32 columns, float32 or bfloat16)."""
+    from . import cpu
+
+    return dtype in (torch.float32, torch.bfloat16) and qw.group_size % 32 == 0 and cpu.vectorised()
 
 
 def _cpu_layout(qw: QuantizedWeight, dtype: torch.dtype) -> list:
@@ -276,21 +287,25 @@ def _cpu_layout(qw: QuantizedWeight, dtype: torch.dtype) -> list:
 
 
 def prepare_cpu(qw: QuantizedWeight, dtype: torch.dtype) -> None:
-    """Build torch's packed layout now (at load) rather than on the first forward."""
-    if cpu_supported(qw):
+    """At load rather than on the first forward: build the C++ kernels or, where they do not run this
+    weight, torch's packed layout (a second copy)."""
+    if not uses_cpu_kernel(qw, dtype) and cpu_supported(qw):
         _cpu_layout(qw, dtype)
 
 
 def quant_linear_cpu(x, qw: QuantizedWeight, bias=None, activation=None):
-    """The torch path: torch's packed int4 matmul (no dense weight is ever built)."""
+    """The CPU path: kernelserve's C++ kernel, else torch's packed int4 matmul (no dense weight either way)."""
     _check_quant_args(x, qw, bias, activation)
-    if not cpu_supported(qw):
-        return quant_linear_ref(x, qw, bias, activation)
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
-    y = None
-    for packed, scales_zeros in _cpu_layout(qw, x.dtype):
-        part = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, qw.group_size, scales_zeros)
-        y = part if y is None else y + part
+    if uses_cpu_kernel(qw, x.dtype):
+        y = torch.ops.kernelserve.quant_linear(x2, qw.qweight, qw.scales, qw.offsets, qw.bits, qw.group_size)
+    elif cpu_supported(qw):
+        y = None
+        for packed, scales_zeros in _cpu_layout(qw, x.dtype):
+            part = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, qw.group_size, scales_zeros)
+            y = part if y is None else y + part
+    else:
+        return quant_linear_ref(x, qw, bias, activation)
     if bias is not None:
         y = y + bias
     return activation_ref(y, activation).view(*x.shape[:-1], qw.shape[0])

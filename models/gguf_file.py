@@ -156,7 +156,9 @@ def _hf_name(name: str, path: str, arch: str = "") -> str | None:
 KEPT_TYPES = {"Q4_0": (32, 18), "Q4_1": (32, 20), "Q8_0": (32, 34), "Q4_K": (256, 144), "Q6_K": (256, 210)}
 # Q6_K's groups of 16 are below what torch's CPU int4 kernel takes: kept on CUDA (the Triton kernel), dense on CPU
 CPU_KEPT_TYPES = ("Q4_0", "Q4_1", "Q8_0", "Q4_K")
-_PROJECTIONS = ("_proj.weight",)  # Linear weights; embeddings, norms and the LM head are read dense
+# weights that may stay quantized: Linear weights, the token embedding (often tied to the LM head) and the LM head;
+# norms, biases and position tables are read dense
+_PROJECTIONS = ("_proj.weight", "embed_tokens.weight", "wte.weight", "lm_head.weight")
 
 
 def _f16(blocks: np.ndarray, start: int) -> np.ndarray:

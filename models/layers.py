@@ -104,12 +104,16 @@ class QuantizedLinear(nn.Module):
 
 
 def replace_linear(model: nn.Module, name: str, weight: kernels.QuantizedWeight, kind: str | None = None) -> None:
-    """Swap the :class:`Linear` owning parameter ``name`` (``...proj.weight``) for a :class:`QuantizedLinear`."""
+    """Swap the :class:`Linear` owning parameter ``name`` (``...proj.weight``) for a :class:`QuantizedLinear`,
+    or the :class:`Embedding` owning it for a :class:`QuantizedEmbedding`."""
     path = name.rsplit(".", 1)[0]
     parent_path, _, attr = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     old = getattr(parent, attr)
-    setattr(parent, attr, QuantizedLinear(weight, old.bias, kind))
+    if isinstance(old, Embedding):
+        setattr(parent, attr, QuantizedEmbedding(weight, old.weight.dtype, kind))
+    else:
+        setattr(parent, attr, QuantizedLinear(weight, old.bias, kind))
 
 
 def rtn_group_size(in_features: int, preferred: int = 128) -> int | None:
@@ -154,3 +158,17 @@ class Embedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.weight[ids]
+
+
+class QuantizedEmbedding(QuantizedLinear):
+    """An :class:`Embedding` kept quantized: a token's row is dequantised when it is looked up, and a tied LM
+    head runs the quantized GEMM over the same (single) copy of the codes."""
+
+    def __init__(self, weight: kernels.QuantizedWeight, dtype: torch.dtype, kind: str | None = None):
+        super().__init__(weight, None, kind)
+        self.dtype = dtype
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        w, flat = self.weight, ids.reshape(-1)
+        rows = kernels.QuantizedWeight(w.qweight[flat], w.scales[flat], w.offsets[flat], w.bits, w.group_size)
+        return rows.dequantize(self.dtype).view(*ids.shape, -1)

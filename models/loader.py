@@ -299,10 +299,11 @@ def _prepare_quantized(loaded: LoadedModel) -> None:
     if loaded.device.type == "cpu":
         for m in layers:
             kernels.prepare_cpu(m.weight, loaded.dtype)
-        if loaded.dtype == torch.float32:
-            log.warning("%s: quantized weights with float32 activations use torch's exact but slow int4 CPU "
-                        "kernel; --dtype bfloat16 (the default for quantized models on CPU) is much faster",
-                        loaded.name)
+        slow = [m for m in layers if not kernels.uses_cpu_kernel(m.weight, loaded.dtype)]
+        if slow and loaded.dtype == torch.float32:
+            log.warning("%s: %d quantized weights with float32 activations use torch's exact but slow int4 CPU "
+                        "kernel (kernelserve's CPU kernels are off or not built); --dtype bfloat16 (the default for "
+                        "quantized models on CPU) is much faster", loaded.name, len(slow))
     size = sum(m.weight.nbytes for m in layers)
     log.info("%s: %d projections run quantized (%s, %.0f MiB)", loaded.name, len(layers), loaded.quantization,
              size / 2**20)

@@ -105,7 +105,7 @@ def load_weights(model: nn.Module, tensors: Iterable[NamedTensor], rules: Checkp
         if tuple(dest.shape) != tuple(tensor.shape):
             raise ModelError(f"{file}: tensor {key!r} has shape {list(tensor.shape)}, but parameter {name!r}"
                              f"{'' if shard is None else f' (part {shard})'} expects {list(dest.shape)}")
-        if isinstance(tensor, QuantParts) and _owns_linear_weight(model, name):
+        if isinstance(tensor, QuantParts) and _quantizable(model, name):
             kept.setdefault(name, {})[shard] = tensor
         else:
             dest.copy_(tensor.dequantize(dest.dtype) if isinstance(tensor, QuantParts) else tensor)
@@ -119,15 +119,17 @@ def _parts(name: str, shard_sizes) -> set:
     return set(range(len(shard_sizes[name]))) if name in shard_sizes else {None}
 
 
-def _owns_linear_weight(model: nn.Module, name: str) -> bool:
-    from .layers import Linear
+def _quantizable(model: nn.Module, name: str) -> bool:
+    """Whether ``name`` is the weight of a Linear or an Embedding (which then runs quantized)."""
+    from .layers import Embedding, Linear
 
     path, _, leaf = name.rpartition(".")
-    return leaf == "weight" and type(model.get_submodule(path)) is Linear
+    return leaf == "weight" and type(model.get_submodule(path)) in (Linear, Embedding)
 
 
 def _install_quantized(model, name: str, parts: dict, filled: set, params, shard_sizes) -> None:
-    """A Linear whose every part came quantized, in one format, becomes a QuantizedLinear; a stacked
+    """A Linear (Embedding) whose every part came quantized, in one format, becomes a QuantizedLinear
+    (QuantizedEmbedding); a stacked
     weight mixing formats (or quantized and dense parts) is dequantised into its dense parameter."""
     import kernels
 

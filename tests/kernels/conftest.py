@@ -7,12 +7,15 @@ Both are checked against a float64 computation written as plainly as possible.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 
 import pytest
 import torch
 
 from kernels import _backend
+from kernels import cpu as cpu_kernels
 
 # dtype -> (atol, rtol) against the float64 reference computed from the same
 # (already rounded) inputs. fp32: accumulation-order noise only. fp16: one
@@ -56,11 +59,37 @@ def triton_device() -> str | None:
     return None
 
 
-@pytest.fixture(params=[pytest.param("triton", marks=pytest.mark.triton), "torch"])
+def pytest_generate_tests(metafunc):
+    """``impl``: ``triton`` and ``torch`` for every kernel test, and ``cpp`` (kernelserve's C++ CPU kernels,
+    kernels/cpu) in the modules that declare ``CPP_KERNELS = True`` (their kernels have a C++ twin)."""
+    if "impl" in metafunc.fixturenames:
+        params = [pytest.param("triton", marks=pytest.mark.triton), "torch"]
+        if getattr(metafunc.module, "CPP_KERNELS", False):
+            params.append("cpp")
+        metafunc.parametrize("impl", params, indirect=True)
+
+
+@pytest.fixture
 def impl(request):
     if request.param == "triton" and triton_device() is None:
         pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1 (make test runs them in the interpreter)")
+    if request.param == "cpp" and not cpu_kernels.available():
+        pytest.skip(f"kernelserve's C++ CPU kernels are not built here: {cpu_kernels._state.get('error')}")
     return request.param
+
+
+@contextlib.contextmanager
+def cpu_kernels_off():
+    """Run the plain-torch CPU paths (KERNELSERVE_CPU_KERNELS=0, read on every call)."""
+    before = os.environ.get(cpu_kernels.ENV_VAR)
+    os.environ[cpu_kernels.ENV_VAR] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[cpu_kernels.ENV_VAR]
+        else:
+            os.environ[cpu_kernels.ENV_VAR] = before
 
 
 def skip_every_config_on_gpu_check(device: str) -> None:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from kernels._backend import interpreting
+from kernels.cpu.ops import rms_norm_cpu
 from kernels.norms import (
     layer_norm_ref,
     layer_norm_triton,
@@ -14,8 +15,9 @@ from kernels.norms import (
 
 from .conftest import DTYPES, assert_close, rand
 
-LAYER = {"triton": layer_norm_triton, "torch": layer_norm_ref}
-RMS = {"triton": rms_norm_triton, "torch": rms_norm_ref}
+CPP_KERNELS = True  # impl "cpp": the C++ RMSNorm (kernels/cpu/ops.cpp); LayerNorm has no C++ twin (torch on CPU)
+LAYER = {"triton": layer_norm_triton, "torch": layer_norm_ref, "cpp": layer_norm_ref}
+RMS = {"triton": rms_norm_triton, "torch": rms_norm_ref, "cpp": rms_norm_cpu}
 SHAPES = [(3, 1), (9, 7, 41), (5, 4097), (2, 16384)]
 
 

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from kernels.cpu.ops import paged_attention_cpu
 from kernels.paged import (
     PARTITION,
     paged_attention_ref,
@@ -16,8 +17,9 @@ from kernels.paged import (
 
 from .conftest import DTYPES, assert_close, attention_dot_rms, rand
 
-PAGED = {"triton": paged_attention_triton, "torch": paged_attention_ref}
-STORE = {"triton": store_kv_triton, "torch": store_kv_ref}
+CPP_KERNELS = True  # impl "cpp": the C++ decode attention (kernels/cpu/ops.cpp); store_kv stays torch on CPU
+PAGED = {"triton": paged_attention_triton, "torch": paged_attention_ref, "cpp": paged_attention_cpu}
+STORE = {"triton": store_kv_triton, "torch": store_kv_ref, "cpp": store_kv_ref}
 
 
 def paged_f64(q, k_cache, v_cache, block_tables, seq_lens, scale, bias=None, window_left=None, softcap=None):

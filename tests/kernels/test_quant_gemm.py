@@ -26,12 +26,22 @@ from .conftest import (
     DTYPES,
     TOLERANCES,
     assert_close,
+    cpu_kernels_off,
     rand,
     skip_every_config_on_gpu_check,
 )
 from .test_gemm import act_f64
 
-QUANT = {"triton": quant_linear_triton, "torch": quant_linear_cpu}
+CPP_KERNELS = True  # impl "cpp": kernelserve's C++ GEMM (kernels/cpu/quant_gemm.cpp); "torch": torch's int4 kernel
+
+
+def quant_linear_torch(*args, **kwargs):
+    """The CPU path with the C++ kernels off: torch's packed int4 kernel (or the reference where it cannot)."""
+    with cpu_kernels_off():
+        return quant_linear_cpu(*args, **kwargs)
+
+
+QUANT = {"triton": quant_linear_triton, "torch": quant_linear_torch, "cpp": quant_linear_cpu}
 
 
 def random_quantized(n, k, bits, group, device, g) -> QuantizedWeight:
@@ -139,7 +149,7 @@ def test_8bit_cpu_path_is_two_nibble_matmuls_and_exact_in_float32():
     qw = random_quantized(32, 64, 8, 32, "cpu", g)
     x = torch.randn(2, 64, generator=g)
     assert cpu_supported(qw)
-    torch.testing.assert_close(quant_linear_cpu(x, qw).double(), expected_f64(x, qw, None, None),
+    torch.testing.assert_close(quant_linear_torch(x, qw).double(), expected_f64(x, qw, None, None),
                                atol=2e-5, rtol=2e-5)
 
 
@@ -148,7 +158,7 @@ def test_unsupported_cpu_shape_falls_back_to_the_reference():
     qw = random_quantized(20, 64, 4, 32, "cpu", g)  # N = 20 is not a multiple of torch's 16
     x = torch.randn(3, 64, generator=g)
     assert not cpu_supported(qw)
-    torch.testing.assert_close(quant_linear_cpu(x, qw), quant_linear_ref(x, qw))
+    torch.testing.assert_close(quant_linear_torch(x, qw), quant_linear_ref(x, qw))
 
 
 def test_quant_rejects_bad_input(impl, device):

@@ -4,11 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kernels.cpu.ops import rotary_cpu
 from kernels.rope import rotary_cos_sin_cache, rotary_ref, rotary_triton
 
 from .conftest import DTYPES, assert_close, rand
 
-ROTARY = {"triton": rotary_triton, "torch": rotary_ref}
+CPP_KERNELS = True  # impl "cpp": the C++ rotary (kernels/cpu/ops.cpp)
+ROTARY = {"triton": rotary_triton, "torch": rotary_ref, "cpp": rotary_cpu}
 
 
 def rotary_f64(x, positions, cache, neox):

@@ -10,7 +10,7 @@ import torch
 
 from models import ModelError, load_model
 from models.gguf_file import KEPT_TYPES, _decode_blocks, gguf_quant_parts, open_gguf
-from models.layers import QuantizedLinear
+from models.layers import QuantizedEmbedding, QuantizedLinear
 from service.engine import LLMEngine, SamplingParams
 
 from ..conftest import SMOLLM
@@ -33,9 +33,14 @@ def prompts(smollm):
 
 
 def test_gguf_projections_stay_quantized(kept, smollm):
-    layers = [m for m in kept.model.modules() if isinstance(m, QuantizedLinear)]
+    layers = [m for m in kept.model.modules() if type(m) is QuantizedLinear]
     assert len(layers) == 4 * kept.config.num_layers and {m.kind for m in layers} == {"Q4_1"}
-    assert kept.quantization == "gguf:Q4_1" and smollm.quantization == "none"
+    # the tied Q8_0 embedding stays quantized too: rows dequantised on lookup, the LM head a quantized GEMM
+    embedding = kept.model.model.embed_tokens
+    assert isinstance(embedding, QuantizedEmbedding) and embedding.kind == "Q8_0" and embedding.bits == 8
+    ids = torch.tensor([0, 17, 49151])
+    assert torch.equal(embedding(ids), smollm.model.model.embed_tokens(ids))
+    assert kept.quantization == "gguf:Q4_1+Q8_0" and smollm.quantization == "none"
     dense = sum(p.numel() * 4 for n, p in smollm.model.named_parameters() if "_proj" in n)
     packed = sum(m.weight.nbytes for m in layers)
     assert packed < dense / 5  # 4-bit codes + float32 scale and offset per 32: 6 bits a weight, not 32

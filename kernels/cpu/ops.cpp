@@ -1,0 +1,338 @@
+// Fused CPU ops for the decoder's elementwise work and decode attention: each replaces several eager torch ops
+// (casts, views, temporaries) with one pass over its rows. Plain-torch references are in kernels/norms.py,
+// kernels/rope.py, kernels/gemm.py and kernels/paged.py; tests/kernels/test_cpu_kernels.py compares the two.
+//
+// Every op works row by row (token by token, or sequence by sequence for attention) and splits rows over
+// threads without changing any row's arithmetic: a row's result does not depend on the rows beside it.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "vec.h"
+
+namespace {
+
+using ks::vec;
+
+// rows per thread task for cheap per-row work: small steps (decode) stay on one thread
+int64_t grain(int64_t row_cost) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(row_cost, 1)); }
+
+void check_rows(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 2 && t.stride(1) == 1, name, ": expected [rows, features] with unit column stride");
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16, name, ": float32 or bfloat16");
+}
+
+// ---- RMSNorm (optionally after adding the residual) ----------------------------------------------------------
+// h = x + residual (rounded to x's dtype, as torch's add), y = h * rsqrt(mean(h^2) + eps) * w, statistics in
+// float32.
+template <typename T>
+void rms_norm_rows(const T* x, int64_t ldx, const T* res, int64_t ldr, const T* w, float eps, T* y, T* h,
+                   int64_t rows, int64_t n) {
+  at::parallel_for(0, rows, grain(n), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xr = x + r * ldx;
+      const T* hr = xr;
+      if (res) {  // write h first: the statistics are taken over the rounded sum, as the reference does
+        T* out = h + r * n;
+        const T* rr = res + r * ldr;
+        int64_t i = 0;
+        for (; i + ks::LANES <= n; i += ks::LANES) ks::store(out + i, ks::add(ks::load(xr + i), ks::load(rr + i)));
+        if (i < n) {
+          int tail = static_cast<int>(n - i);
+          ks::store_n(out + i, ks::add(ks::load_n(xr + i, tail), ks::load_n(rr + i, tail)), tail);
+        }
+        hr = out;
+      }
+      const float rstd = 1.f / std::sqrt(ks::dot(hr, hr, n) / static_cast<float>(n) + eps);
+      const vec s = ks::splat(rstd);
+      T* yr = y + r * n;
+      int64_t i = 0;
+      for (; i + ks::LANES <= n; i += ks::LANES) ks::store(yr + i, ks::mul(ks::mul(ks::load(hr + i), s), ks::load(w + i)));
+      if (i < n) {
+        int tail = static_cast<int>(n - i);
+        ks::store_n(yr + i, ks::mul(ks::mul(ks::load_n(hr + i, tail), s), ks::load_n(w + i, tail)), tail);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps,
+                                            const c10::optional<at::Tensor>& residual) {
+  check_rows(x, "x");
+  TORCH_CHECK(weight.is_contiguous() && weight.dim() == 1 && weight.size(0) == x.size(1) &&
+                  weight.scalar_type() == x.scalar_type(), "weight: contiguous [features], x's dtype");
+  const int64_t rows = x.size(0), n = x.size(1);
+  at::Tensor y = at::empty({rows, n}, x.options());
+  at::Tensor h = x;
+  const bool add = residual.has_value() && residual->defined();
+  if (add) {
+    check_rows(*residual, "residual");
+    TORCH_CHECK(residual->sizes() == x.sizes() && residual->scalar_type() == x.scalar_type(), "residual: x's shape");
+    h = at::empty({rows, n}, x.options());
+  }
+  AT_DISPATCH_SWITCH(x.scalar_type(), "rms_norm",
+      AT_DISPATCH_CASE(at::kFloat, [&] {
+        rms_norm_rows<float>(x.data_ptr<float>(), x.stride(0), add ? residual->data_ptr<float>() : nullptr,
+                             add ? residual->stride(0) : 0, weight.data_ptr<float>(), static_cast<float>(eps),
+                             y.data_ptr<float>(), add ? h.data_ptr<float>() : nullptr, rows, n);
+      })
+      AT_DISPATCH_CASE(at::kBFloat16, [&] {
+        using B = c10::BFloat16;
+        rms_norm_rows<B>(x.data_ptr<B>(), x.stride(0), add ? residual->data_ptr<B>() : nullptr,
+                         add ? residual->stride(0) : 0, weight.data_ptr<B>(), static_cast<float>(eps),
+                         y.data_ptr<B>(), add ? h.data_ptr<B>() : nullptr, rows, n);
+      }));
+  return {y, h};
+}
+
+// ---- rotary embeddings, in place -----------------------------------------------------------------------------
+// x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin over the first rot_dim features of each head: halves (NeoX) or
+// interleaved pairs (GPT-J). cos_sin float32 [positions, rot_dim] (cos then sin); a token whose position lies
+// outside the table is left unrotated, as the Triton kernel leaves it.
+template <typename T>
+void rotate_heads(T* base, int64_t s_tok, int64_t s_head, int64_t heads, const int64_t* pos, int64_t tokens,
+                  const float* cs, int64_t table_rows, int64_t rot, bool neox) {
+  const int64_t half = rot / 2;
+  at::parallel_for(0, tokens, grain(heads * rot), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      if (pos[t] < 0 || pos[t] >= table_rows) continue;
+      const float* cos = cs + pos[t] * rot;
+      const float* sin = cos + half;
+      for (int64_t hd = 0; hd < heads; ++hd) {
+        T* x = base + t * s_tok + hd * s_head;
+        if (neox) {
+          int64_t i = 0;
+          for (; i + ks::LANES <= half; i += ks::LANES) {
+            vec a = ks::load(x + i), b = ks::load(x + half + i), c = ks::load(cos + i), s = ks::load(sin + i);
+            ks::store(x + i, ks::sub(ks::mul(a, c), ks::mul(b, s)));
+            ks::store(x + half + i, ks::add(ks::mul(b, c), ks::mul(a, s)));
+          }
+          for (; i < half; ++i) {
+            float a = ks::to_float(x[i]), b = ks::to_float(x[half + i]);
+            x[i] = ks::from_float<T>(a * cos[i] - b * sin[i]);
+            x[half + i] = ks::from_float<T>(b * cos[i] + a * sin[i]);
+          }
+        } else {
+          for (int64_t i = 0; i < half; ++i) {
+            float a = ks::to_float(x[2 * i]), b = ks::to_float(x[2 * i + 1]);
+            x[2 * i] = ks::from_float<T>(a * cos[i] - b * sin[i]);
+            x[2 * i + 1] = ks::from_float<T>(b * cos[i] + a * sin[i]);
+          }
+        }
+      }
+    }
+  });
+}
+
+void rotary(const at::Tensor& q, const at::Tensor& k, const at::Tensor& positions, const at::Tensor& cos_sin,
+            bool neox) {
+  for (const at::Tensor* t : {&q, &k}) {
+    TORCH_CHECK(t->dim() == 3 && t->stride(2) == 1, "q/k: expected [tokens, heads, head_dim], unit feature stride");
+    TORCH_CHECK(t->scalar_type() == q.scalar_type() && t->size(0) == q.size(0), "q/k: same dtype and tokens");
+  }
+  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16, "q/k: float32 or bfloat16");
+  TORCH_CHECK(cos_sin.scalar_type() == at::kFloat && cos_sin.is_contiguous() && cos_sin.dim() == 2,
+              "cos_sin: contiguous float32 [positions, rot_dim]");
+  const int64_t rot = cos_sin.size(1);
+  TORCH_CHECK(rot % 2 == 0 && rot <= q.size(2), "cos_sin: rot_dim even and at most the head dim");
+  at::Tensor pos = positions.to(at::kLong).contiguous();
+  TORCH_CHECK(pos.dim() == 1 && pos.size(0) == q.size(0), "positions: one per token");
+  for (const at::Tensor* t : {&q, &k}) {
+    AT_DISPATCH_SWITCH(t->scalar_type(), "rotary",
+        AT_DISPATCH_CASE(at::kFloat, [&] {
+          rotate_heads<float>(t->data_ptr<float>(), t->stride(0), t->stride(1), t->size(1), pos.data_ptr<int64_t>(),
+                              t->size(0), cos_sin.data_ptr<float>(), cos_sin.size(0), rot, neox);
+        })
+        AT_DISPATCH_CASE(at::kBFloat16, [&] {
+          rotate_heads<c10::BFloat16>(t->data_ptr<c10::BFloat16>(), t->stride(0), t->stride(1), t->size(1),
+                                      pos.data_ptr<int64_t>(), t->size(0), cos_sin.data_ptr<float>(), cos_sin.size(0),
+                                      rot, neox);
+        }));
+  }
+}
+
+// ---- gated activation: act(gate) * up ------------------------------------------------------------------------
+// silu(g) = g / (1 + e^-g); gelu_tanh(g) = g / (1 + e^(-2 sqrt(2/pi) (g + 0.044715 g^3))), the same function as
+// 0.5 g (1 + tanh(...)) written without tanh.
+enum class Act { silu, gelu_tanh };
+
+inline vec activate(vec g, Act act) {
+  vec z = g;
+  if (act == Act::gelu_tanh)
+    z = ks::mul(ks::splat(1.5957691216057308f), ks::fma(ks::mul(ks::splat(0.044715f), ks::mul(g, g)), g, g));
+  return ks::div(g, ks::add(ks::splat(1.f), ks::exp(ks::sub(ks::zero(), z))));
+}
+
+template <typename T>
+void act_mul_rows(const T* gu, int64_t ld, T* y, int64_t rows, int64_t n, Act act) {
+  at::parallel_for(0, rows, grain(4 * n), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* g = gu + r * ld;
+      const T* u = g + n;
+      T* out = y + r * n;
+      int64_t i = 0;
+      for (; i + ks::LANES <= n; i += ks::LANES) ks::store(out + i, ks::mul(activate(ks::load(g + i), act), ks::load(u + i)));
+      if (i < n) {
+        int tail = static_cast<int>(n - i);
+        ks::store_n(out + i, ks::mul(activate(ks::load_n(g + i, tail), act), ks::load_n(u + i, tail)), tail);
+      }
+    }
+  });
+}
+
+at::Tensor act_and_mul(const at::Tensor& gate_up, const std::string& activation) {
+  check_rows(gate_up, "gate_up");
+  TORCH_CHECK(gate_up.size(1) % 2 == 0, "gate_up: an even number of features (gate, then up)");
+  TORCH_CHECK(activation == "silu" || activation == "gelu_tanh", "activation: silu or gelu_tanh");
+  const Act act = activation == "silu" ? Act::silu : Act::gelu_tanh;
+  const int64_t rows = gate_up.size(0), n = gate_up.size(1) / 2;
+  at::Tensor y = at::empty({rows, n}, gate_up.options());
+  AT_DISPATCH_SWITCH(gate_up.scalar_type(), "act_and_mul",
+      AT_DISPATCH_CASE(at::kFloat, [&] {
+        act_mul_rows<float>(gate_up.data_ptr<float>(), gate_up.stride(0), y.data_ptr<float>(), rows, n, act);
+      })
+      AT_DISPATCH_CASE(at::kBFloat16, [&] {
+        act_mul_rows<c10::BFloat16>(gate_up.data_ptr<c10::BFloat16>(), gate_up.stride(0),
+                                    y.data_ptr<c10::BFloat16>(), rows, n, act);
+      }));
+  return y;
+}
+
+// ---- decode attention over the paged cache -------------------------------------------------------------------
+// One query per sequence. For each (sequence, KV head) the group's G query heads score every visible key once
+// (float32), softmax in float32, then the weighted sum of values. Keys behind a sliding window (left > = 0) and
+// cache blocks whose index is out of range are skipped; softcap > 0 maps s to softcap * tanh(s / softcap).
+template <typename T>
+void decode_one(const T* q, int64_t q_stride_h, const T* kc, const T* vc, int64_t nb, int64_t bs, int64_t hkv,
+                int64_t d, const int32_t* table, int64_t max_blocks, int64_t ctx, int64_t head, int64_t group,
+                float scale, int64_t left, float softcap, T* out, int64_t out_stride_h, std::vector<float>& scores) {
+  const int64_t first = left >= 0 ? std::max<int64_t>(0, ctx - 1 - left) : 0;
+  const int64_t span = std::max<int64_t>(0, ctx - first);
+  scores.assign(group * std::max<int64_t>(span, 1), -std::numeric_limits<float>::infinity());
+  auto key_row = [&](const T* cache, int64_t t) -> const T* {
+    const int64_t b = t / bs < max_blocks ? table[t / bs] : -1;
+    if (b < 0 || b >= nb) return nullptr;
+    return cache + ((b * bs + t % bs) * hkv + head) * d;
+  };
+  for (int64_t t = first; t < ctx; ++t) {
+    const T* k = key_row(kc, t);
+    if (!k) continue;
+    for (int64_t g = 0; g < group; ++g) {
+      float s = ks::dot(q + g * q_stride_h, k, d) * scale;
+      if (softcap > 0) s = softcap * std::tanh(s / softcap);
+      scores[g * span + (t - first)] = s;
+    }
+  }
+  std::vector<float> acc(d);
+  for (int64_t g = 0; g < group; ++g) {
+    float* s = scores.data() + g * span;
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t i = 0; i < span; ++i) m = std::max(m, s[i]);
+    T* o = out + g * out_stride_h;
+    if (m == -std::numeric_limits<float>::infinity()) {  // no visible key: zeros, as the reference
+      for (int64_t j = 0; j < d; ++j) o[j] = ks::from_float<T>(0.f);
+      continue;
+    }
+    float total = 0.f;
+    int64_t i = 0;
+    for (; i + ks::LANES <= span; i += ks::LANES) {
+      vec e = ks::exp(ks::sub(ks::load(s + i), ks::splat(m)));
+      ks::store(s + i, e);
+      total += ks::sum(e);
+    }
+    for (; i < span; ++i) {
+      s[i] = std::exp(s[i] - m);
+      total += s[i];
+    }
+    std::fill(acc.begin(), acc.end(), 0.f);
+    for (int64_t t = first; t < ctx; ++t) {
+      const float p = s[t - first];
+      const T* v = p != 0.f ? key_row(vc, t) : nullptr;
+      if (!v) continue;
+      const vec pv = ks::splat(p);
+      int64_t j = 0;
+      for (; j + ks::LANES <= d; j += ks::LANES) ks::store(acc.data() + j, ks::fma(pv, ks::load(v + j), ks::load(acc.data() + j)));
+      for (; j < d; ++j) acc[j] += p * ks::to_float(v[j]);
+    }
+    const float inv = 1.f / total;
+    for (int64_t j = 0; j < d; ++j) o[j] = ks::from_float<T>(acc[j] * inv);
+  }
+}
+
+// (sequence, KV head) pairs split over threads; each pair's arithmetic is fixed by its own sequence
+template <typename T>
+void decode_all(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale, int64_t window_left,
+                double softcap, at::Tensor& out) {
+  const int64_t hq = q.size(1), d = q.size(2), nb = k_cache.size(0), bs = k_cache.size(1), hkv = k_cache.size(2);
+  const int64_t group = hq / hkv, max_blocks = block_tables.size(1);
+  const T* qp = q.data_ptr<T>();
+  const T* kc = k_cache.data_ptr<T>();
+  const T* vc = v_cache.data_ptr<T>();
+  const int32_t* tables = block_tables.data_ptr<int32_t>();
+  const int32_t* lens = seq_lens.data_ptr<int32_t>();
+  T* op = out.data_ptr<T>();
+  at::parallel_for(0, q.size(0) * hkv, 1, [&](int64_t p0, int64_t p1) {
+    std::vector<float> scores;
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t b = p / hkv, head = p % hkv;
+      decode_one<T>(qp + b * q.stride(0) + head * group * q.stride(1), q.stride(1), kc, vc, nb, bs, hkv, d,
+                    tables + b * block_tables.stride(0), max_blocks, std::max<int64_t>(0, lens[b]), head, group,
+                    static_cast<float>(scale), window_left, static_cast<float>(softcap),
+                    op + b * out.stride(0) + head * group * out.stride(1), out.stride(1), scores);
+    }
+  });
+}
+
+at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                  const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale,
+                                  int64_t window_left, double softcap) {
+  TORCH_CHECK(q.dim() == 3 && q.stride(2) == 1, "q: [batch, heads, head_dim] with unit feature stride");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.dim() == 4 &&
+                  k_cache.sizes() == v_cache.sizes(), "caches: contiguous [blocks, block_size, kv_heads, head_dim]");
+  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && q.scalar_type() == v_cache.scalar_type(),
+              "q and caches: one dtype");
+  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16, "q: float32 or bfloat16");
+  TORCH_CHECK(block_tables.scalar_type() == at::kInt && block_tables.dim() == 2 && block_tables.stride(1) == 1,
+              "block_tables: int32 [batch, max_blocks]");
+  TORCH_CHECK(seq_lens.scalar_type() == at::kInt && seq_lens.is_contiguous(), "seq_lens: int32 [batch]");
+  const int64_t batch = q.size(0), hq = q.size(1), d = q.size(2);
+  const int64_t nb = k_cache.size(0), bs = k_cache.size(1), hkv = k_cache.size(2);
+  TORCH_CHECK(k_cache.size(3) == d && hq % hkv == 0, "heads: q's head count a multiple of the cache's");
+  TORCH_CHECK(block_tables.size(0) == batch && seq_lens.size(0) == batch, "one table row and length a sequence");
+  at::Tensor out = at::empty({batch, hq, d}, q.options());
+  AT_DISPATCH_SWITCH(q.scalar_type(), "paged_decode_attention",
+      AT_DISPATCH_CASE(at::kFloat, [&] {
+        decode_all<float>(q, k_cache, v_cache, block_tables, seq_lens, scale, window_left, softcap, out);
+      })
+      AT_DISPATCH_CASE(at::kBFloat16, [&] {
+        decode_all<c10::BFloat16>(q, k_cache, v_cache, block_tables, seq_lens, scale, window_left, softcap, out);
+      }));
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(kernelserve, m) {
+  m.def("rms_norm(Tensor x, Tensor weight, float eps, Tensor? residual) -> (Tensor, Tensor)");
+  m.def("rotary(Tensor(a!) q, Tensor(b!) k, Tensor positions, Tensor cos_sin, bool neox) -> ()");
+  m.def("act_and_mul(Tensor gate_up, str activation) -> Tensor");
+  m.def("paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, Tensor seq_lens, "
+        "float scale, int window_left, float softcap) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(kernelserve, CPU, m) {
+  m.impl("rms_norm", &rms_norm);
+  m.impl("rotary", &rotary);
+  m.impl("act_and_mul", &act_and_mul);
+  m.impl("paged_decode_attention", &paged_decode_attention);
+}

@@ -1,0 +1,343 @@
+// Weight-only quantized GEMM for the CPU: y[m, n] = sum_k x[m, k] * W[n, k], W read in kernels/quant_gemm.py's
+// canonical layout (the only copy of the weight):
+//
+//   W[n, k] = scale[n, g] * code[n, k] + offset[n, g],   g = k / group_size
+//
+// codes uint8 [N, K] (8-bit) or two to a byte [N, K / 2] (4-bit: column 2j in the low nibble of byte j).
+// Per group the dot is split as
+//
+//   sum_k x[k] W[n, k] = scale * sum_k (code[k] - c) x[k]  +  (offset + c * scale) * sum_k x[k]
+//
+// with the codes centred (c = 8 for 4 bits, 128 for 8 bits) so that symmetric formats (Q4_0, Q8_0) have no
+// offset term at all and the first sum cancels little. Centred codes are small integers, exact in bfloat16,
+// so with bf16 activations each code is dotted with x by AVX512-BF16's vdpbf16ps (products exact, float32
+// sums); the group scale multiplies the group's partial sum once.
+//
+// Weight-stationary: each 32-column chunk of a weight row is unpacked once and dotted with up to M_BLOCK
+// activation rows; a tile of N_TILE weight rows stays in cache while every row block passes over it.
+//
+// Batch invariance: y[m, n] is summed in an order fixed by (K, group_size) alone: the same for any M, any
+// row block and any split of N over threads, so a row's result never depends on the other rows of the call.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
+#include <immintrin.h>
+#define KS_AVX512 1
+#endif
+
+namespace {
+
+constexpr int CHUNK = 32;   // weight columns unpacked per step (GGUF's 32-wide blocks)
+constexpr int M_BLOCK = 4;  // activation rows sharing one unpacked chunk (accumulators stay in registers)
+constexpr int64_t N_TILE = 64;
+
+struct Problem {
+  const uint8_t* q;
+  const float* scales;
+  const float* offsets;
+  int64_t ldq, lds;  // row strides of codes (bytes) and of scales/offsets (elements)
+  int64_t K;
+  int group, bits;
+  int64_t groups() const { return K / group; }
+  float centre() const { return bits == 4 ? 8.0f : 128.0f; }
+};
+
+// sum of each group of x (as float), [rows, groups]: the offset term's factor, shared by every weight row
+template <typename T>
+std::vector<float> group_sums(const T* x, int64_t ldx, int64_t rows, const Problem& p) {
+  std::vector<float> sums(rows * p.groups());
+  for (int64_t m = 0; m < rows; ++m)
+    for (int64_t g = 0; g < p.groups(); ++g) {
+      float s = 0.f;
+      for (int64_t k = g * p.group; k < (g + 1) * p.group; ++k) s += static_cast<float>(x[m * ldx + k]);
+      sums[m * p.groups() + g] = s;
+    }
+  return sums;
+}
+
+inline float code_at(const Problem& p, int64_t n, int64_t k) {
+  const uint8_t* row = p.q + n * p.ldq;
+  if (p.bits == 8) return static_cast<float>(row[k]);
+  uint8_t byte = row[k / 2];
+  return static_cast<float>((k & 1) ? (byte >> 4) : (byte & 0xF));
+}
+
+// Portable path (any x86/ARM build): the same split, one row at a time.
+template <typename T>
+void rows_generic(const T* x, int64_t ldx, int64_t rows, const float* xsum, const Problem& p, int64_t n0,
+                  int64_t n1, T* y, int64_t ldy) {
+  const float c = p.centre();
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t m = 0; m < rows; ++m) {
+      float acc = 0.f, off = 0.f;
+      for (int64_t g = 0; g < p.groups(); ++g) {
+        float part = 0.f;
+        for (int64_t k = g * p.group; k < (g + 1) * p.group; ++k)
+          part += (code_at(p, n, k) - c) * static_cast<float>(x[m * ldx + k]);
+        float scale = p.scales[n * p.lds + g];
+        acc += scale * part;
+        off += (p.offsets[n * p.lds + g] + c * scale) * xsum[m * p.groups() + g];
+      }
+      y[m * ldy + n] = static_cast<T>(acc + off);
+    }
+}
+
+#ifdef KS_AVX512
+
+// bf16 bit patterns of code - 8 for the 16 nibble values (vpermw's table; entries 16..31 unused)
+inline __m512i nibble_table() {
+  alignas(64) uint16_t t[32] = {};
+  for (int i = 0; i < 16; ++i) {
+    float f = static_cast<float>(i - 8);
+    uint32_t bits;
+    std::memcpy(&bits, &f, 4);
+    t[i] = static_cast<uint16_t>(bits >> 16);  // exact: small integers
+  }
+  return _mm512_load_si512(t);
+}
+
+// 16 packed bytes (32 nibbles, columns 0..31) -> 32 bf16 (code - 8) in column order:
+// dword j = byte j; (b | b << 12) & 0x000F000F puts the low nibble in word 2j and the high one in word 2j + 1
+inline __m512i unpack4_bf16(const uint8_t* src, __m512i table) {
+  __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+  __m512i idx = _mm512_ternarylogic_epi32(b, _mm512_slli_epi32(b, 12), _mm512_set1_epi32(0x000F000F), 0xA8);
+  return _mm512_permutexvar_epi16(idx, table);
+}
+
+// 32 bytes (columns 0..31) -> 32 bf16 (code - 128) in column order
+inline __m512i unpack8_bf16(const uint8_t* src) {
+  const __m512i centre = _mm512_set1_epi32(128);
+  __m512 lo = _mm512_cvtepi32_ps(
+      _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src))), centre));
+  __m512 hi = _mm512_cvtepi32_ps(
+      _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16))), centre));
+  return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+}
+
+inline __m512 dot_bf16(__m512 acc, __m512i w, const c10::BFloat16* x) {
+  return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh>(w), reinterpret_cast<__m512bh>(_mm512_loadu_si512(x)));
+}
+
+// sum_g (offset + c * scale) * xsum[g], 16 groups a step (masked tail)
+inline __m512 offset_term(const float* off, const float* sc, const float* xs, int64_t groups, float c) {
+  __m512 acc = _mm512_setzero_ps();
+  const __m512 vc = _mm512_set1_ps(c);
+  for (int64_t g = 0; g < groups; g += 16) {
+    __mmask16 m = groups - g >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (groups - g)) - 1);
+    __m512 o = _mm512_maskz_loadu_ps(m, off + g), s = _mm512_maskz_loadu_ps(m, sc + g);
+    acc = _mm512_fmadd_ps(_mm512_fmadd_ps(vc, s, o), _mm512_maskz_loadu_ps(m, xs + g), acc);
+  }
+  return acc;
+}
+
+// One tile: MB activation rows against NB weight rows starting at n. Each 32-column chunk of a weight row is
+// unpacked once for all MB rows; MB * NB independent accumulators keep the FMA units busy (one chain would
+// wait on its own latency every chunk). Every accumulator sees the chunks in the same order whatever MB and
+// NB are, so tails (fewer rows) round exactly as full tiles do.
+template <int MB, int NB, int BITS>
+void tile_bf16(const c10::BFloat16* x, int64_t ldx, const float* xsum, const Problem& p, int64_t n,
+               c10::BFloat16* y, int64_t ldy, __m512i table) {
+  __m512 acc[MB][NB];
+  for (int m = 0; m < MB; ++m)
+    for (int j = 0; j < NB; ++j) acc[m][j] = _mm512_setzero_ps();
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t k = 0; k < p.K; k += CHUNK) {
+    const int64_t g = k / p.group;
+    __m512i w[NB];
+    __m512 scale[NB];
+    for (int j = 0; j < NB; ++j) {
+      const uint8_t* row = p.q + (n + j) * p.ldq;
+      w[j] = BITS == 4 ? unpack4_bf16(row + k / 2, table) : unpack8_bf16(row + k);
+      scale[j] = _mm512_set1_ps(p.scales[(n + j) * p.lds + g]);
+    }
+    for (int m = 0; m < MB; ++m) {
+      const __m512bh xv = reinterpret_cast<__m512bh>(_mm512_loadu_si512(x + m * ldx + k));
+      for (int j = 0; j < NB; ++j)
+        acc[m][j] = _mm512_fmadd_ps(_mm512_dpbf16_ps(zero, reinterpret_cast<__m512bh>(w[j]), xv), scale[j],
+                                    acc[m][j]);
+    }
+  }
+  for (int m = 0; m < MB; ++m)
+    for (int j = 0; j < NB; ++j) {
+      const int64_t row = (n + j) * p.lds;
+      __m512 off = offset_term(p.offsets + row, p.scales + row, xsum + m * p.groups(), p.groups(), p.centre());
+      y[m * ldy + n + j] = c10::BFloat16(_mm512_reduce_add_ps(_mm512_add_ps(acc[m][j], off)));
+    }
+}
+
+// float32 activations: codes to float, two fused multiply-adds per chunk, row and weight row. 4-bit chunks come
+// out as (even columns, odd columns), so x is read through a copy whose chunks are ordered the same way.
+template <int MB, int NB, int BITS>
+void tile_f32(const float* x, int64_t ldx, const float* xsum, const Problem& p, int64_t n, float* y, int64_t ldy) {
+  __m512 acc[MB][NB];
+  for (int m = 0; m < MB; ++m)
+    for (int j = 0; j < NB; ++j) acc[m][j] = _mm512_setzero_ps();
+  const __m512 centre = _mm512_set1_ps(p.centre());
+  for (int64_t k = 0; k < p.K; k += CHUNK) {
+    const int64_t g = k / p.group;
+    __m512 w0[NB], w1[NB], scale[NB];
+    for (int j = 0; j < NB; ++j) {
+      const uint8_t* row = p.q + (n + j) * p.ldq;
+      if (BITS == 4) {
+        __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k / 2)));
+        w0[j] = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_and_si512(b, _mm512_set1_epi32(0xF))), centre);
+        w1[j] = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4)), centre);
+      } else {
+        w0[j] = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
+                                  _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k)))), centre);
+        w1[j] = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
+                                  _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k + 16)))), centre);
+      }
+      scale[j] = _mm512_set1_ps(p.scales[(n + j) * p.lds + g]);
+    }
+    for (int m = 0; m < MB; ++m) {
+      const __m512 x0 = _mm512_loadu_ps(x + m * ldx + k), x1 = _mm512_loadu_ps(x + m * ldx + k + 16);
+      for (int j = 0; j < NB; ++j)
+        acc[m][j] = _mm512_fmadd_ps(_mm512_fmadd_ps(w1[j], x1, _mm512_mul_ps(w0[j], x0)), scale[j], acc[m][j]);
+    }
+  }
+  for (int m = 0; m < MB; ++m)
+    for (int j = 0; j < NB; ++j) {
+      const int64_t row = (n + j) * p.lds;
+      __m512 off = offset_term(p.offsets + row, p.scales + row, xsum + m * p.groups(), p.groups(), p.centre());
+      y[m * ldy + n + j] = _mm512_reduce_add_ps(_mm512_add_ps(acc[m][j], off));
+    }
+}
+
+template <int MB, int NB, typename T>
+void tile(const T* x, int64_t ldx, const float* xsum, const Problem& p, int64_t n, T* y, int64_t ldy,
+          __m512i table) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (p.bits == 4) tile_f32<MB, NB, 4>(x, ldx, xsum, p, n, y, ldy);
+    else tile_f32<MB, NB, 8>(x, ldx, xsum, p, n, y, ldy);
+  } else {
+    if (p.bits == 4) tile_bf16<MB, NB, 4>(x, ldx, xsum, p, n, y, ldy, table);
+    else tile_bf16<MB, NB, 8>(x, ldx, xsum, p, n, y, ldy, table);
+  }
+}
+
+// MB rows of x against weight rows [n0, n1): NB weight rows a tile (fewer registers for float32), then the tail
+template <int MB, typename T>
+void rows_avx512(const T* x, int64_t ldx, const float* xsum, const Problem& p, int64_t n0, int64_t n1, T* y,
+                 int64_t ldy) {
+  constexpr int NB = std::is_same_v<T, float> ? 2 : 4;
+  const __m512i table = nibble_table();
+  int64_t n = n0;
+  for (; n + NB <= n1; n += NB) tile<MB, NB>(x, ldx, xsum, p, n, y, ldy, table);
+  for (; n < n1; ++n) tile<MB, 1>(x, ldx, xsum, p, n, y, ldy, table);
+}
+
+// x's 32-column chunks reordered as (even columns, odd columns), matching unpacked 4-bit chunks
+std::vector<float> deinterleave_chunks(const float* x, int64_t ldx, int64_t rows, int64_t K) {
+  std::vector<float> out(rows * K);
+  for (int64_t m = 0; m < rows; ++m)
+    for (int64_t k0 = 0; k0 < K; k0 += CHUNK)
+      for (int j = 0; j < CHUNK / 2; ++j) {
+        out[m * K + k0 + j] = x[m * ldx + k0 + 2 * j];
+        out[m * K + k0 + CHUNK / 2 + j] = x[m * ldx + k0 + 2 * j + 1];
+      }
+  return out;
+}
+
+template <typename T>
+void block_avx512(int rows, const T* x, int64_t ldx, const float* xsum, const Problem& p, int64_t n0, int64_t n1,
+                  T* y, int64_t ldy) {
+  switch (rows) {
+    case 1: return rows_avx512<1>(x, ldx, xsum, p, n0, n1, y, ldy);
+    case 2: return rows_avx512<2>(x, ldx, xsum, p, n0, n1, y, ldy);
+    case 3: return rows_avx512<3>(x, ldx, xsum, p, n0, n1, y, ldy);
+    default: return rows_avx512<4>(x, ldx, xsum, p, n0, n1, y, ldy);
+  }
+}
+
+#endif  // KS_AVX512
+
+bool vectorised(const Problem& p) {
+#ifdef KS_AVX512
+  return p.group % CHUNK == 0;
+#else
+  (void)p;
+  return false;
+#endif
+}
+
+template <typename T>
+void run(const T* x, int64_t ldx, int64_t M, const Problem& p, T* y, int64_t N) {
+  std::vector<float> xsum = group_sums(x, ldx, M, p);
+  const bool vec = vectorised(p);
+#ifdef KS_AVX512
+  std::vector<float> xd;
+  if constexpr (std::is_same_v<T, float>) {
+    if (vec && p.bits == 4) {
+      xd = deinterleave_chunks(x, ldx, M, p.K);
+      x = xd.data();
+      ldx = p.K;
+    }
+  }
+#endif
+  // threads split N (never M): which rows share a call cannot change how any output is summed
+  at::parallel_for(0, (N + N_TILE - 1) / N_TILE, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n0 = t * N_TILE, n1 = std::min(N, n0 + N_TILE);
+      for (int64_t m0 = 0; m0 < M; m0 += M_BLOCK) {
+        const int rows = static_cast<int>(std::min<int64_t>(M_BLOCK, M - m0));
+        const float* xs = xsum.data() + m0 * p.groups();
+        if (vec) {
+#ifdef KS_AVX512
+          block_avx512(rows, x + m0 * ldx, ldx, xs, p, n0, n1, y + m0 * N, N);
+#endif
+        } else {
+          rows_generic(x + m0 * ldx, ldx, rows, xs, p, n0, n1, y + m0 * N, N);
+        }
+      }
+    }
+  });
+}
+
+at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                        const at::Tensor& offsets, int64_t bits, int64_t group_size) {
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "x: expected [M, K] with unit column stride");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "x: float32 or bfloat16");
+  TORCH_CHECK(bits == 4 || bits == 8, "bits: 4 or 8");
+  TORCH_CHECK(qweight.scalar_type() == at::kByte && qweight.dim() == 2 && qweight.stride(1) == 1, "qweight");
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && offsets.scalar_type() == at::kFloat, "scales/offsets: float32");
+  TORCH_CHECK(scales.is_contiguous() && offsets.is_contiguous() && scales.sizes() == offsets.sizes(),
+              "scales/offsets: contiguous, same shape");
+  const int64_t M = x.size(0), K = x.size(1), N = qweight.size(0);
+  TORCH_CHECK(group_size > 0 && K % group_size == 0, "K must be a multiple of group_size");
+  TORCH_CHECK(qweight.size(1) * 8 / bits == K, "qweight: expected ", K * bits / 8, " bytes a row");
+  TORCH_CHECK(scales.size(0) == N && scales.size(1) == K / group_size, "scales: expected [N, K / group_size]");
+  Problem p{qweight.data_ptr<uint8_t>(), scales.data_ptr<float>(), offsets.data_ptr<float>(), qweight.stride(0),
+            scales.stride(0), K, static_cast<int>(group_size), static_cast<int>(bits)};
+  at::Tensor y = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
+  if (x.scalar_type() == at::kFloat)
+    run(x.data_ptr<float>(), x.stride(0), M, p, y.data_ptr<float>(), N);
+  else
+    run(x.data_ptr<c10::BFloat16>(), x.stride(0), M, p, y.data_ptr<c10::BFloat16>(), N);
+  return y;
+}
+
+bool has_avx512() {
+#ifdef KS_AVX512
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(kernelserve, m) {
+  m.def("quant_linear(Tensor x, Tensor qweight, Tensor scales, Tensor offsets, int bits, int group_size) -> Tensor");
+  m.def("vectorised() -> bool", &has_avx512);
+}
+
+TORCH_LIBRARY_IMPL(kernelserve, CPU, m) { m.impl("quant_linear", &quant_linear); }
