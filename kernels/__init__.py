@@ -27,6 +27,8 @@ from .quant_gemm import (QuantizedWeight, pack_codes, prepare_cpu, quant_linear_
                          quant_linear_triton, quantize_rtn, uses_cpu_kernel)
 from .rope import rotary_cos_sin_cache, rotary_ref, rotary_triton
 from .cpu.ops import act_and_mul_cpu, act_and_mul_ref, paged_attention_cpu, rms_norm_cpu, rotary_cpu
+from .cpu.ops import decode_layer as cpu_decode_layer
+from .cpu.ops import decode_layer_pack as cpu_decode_layer_pack
 
 if interpreting():
     from ._interpreter_fix import patch_interpreter_bf16_dot
@@ -34,7 +36,8 @@ if interpreting():
     patch_interpreter_bf16_dot()
 
 __all__ = [
-    "ACTIVATIONS", "BACKENDS", "QuantizedWeight", "act_and_mul", "attention", "backend_for", "ffn", "fused_moe", "gated_ffn",
+    "ACTIVATIONS", "BACKENDS", "QuantizedWeight", "act_and_mul", "attention", "cpu_decode_layer",
+    "cpu_decode_layer_pack", "cpu_kernels_available", "backend_for", "ffn", "fused_moe", "gated_ffn",
     "interpreting", "moe_route",
     "layer_norm", "linear", "pack_codes", "paged_attention", "prepare_cpu", "quant_linear_ref", "quantize_rtn",
     "rms_norm", "rotary", "rotary_cos_sin_cache", "runs_triton", "selected_backend", "store_kv", "trusted_calls",
@@ -107,6 +110,11 @@ def linear(x, weight, bias=None, activation: str | None = None) -> torch.Tensor:
     return fn(x, weight, bias, activation)
 
 
+def cpu_kernels_available() -> bool:
+    """Whether kernelserve's C++ CPU kernels are built and switched on (kernels/cpu)."""
+    return _cpu.available()
+
+
 def runs_triton(device: torch.device | str) -> bool:
     """Whether kernel calls on ``device`` launch Triton kernels (or, while compile keys are recorded, would)."""
     return backend_for(device) == "triton" or compile_keys.active() is not None
@@ -143,7 +151,9 @@ def gated_ffn(x, w_gate_up, w_down, activation: str = "silu") -> torch.Tensor:
     """``(act(x @ Wg.T) * (x @ Wu.T)) @ w_down.T`` with ``w_gate_up = cat([Wg, Wu])`` (either may be quantized)."""
     quantized = isinstance(w_gate_up, QuantizedWeight) or isinstance(w_down, QuantizedWeight)
     decode = _rows(x) <= DECODE_MAX_M
-    if quantized or (decode and use_triton(x)):  # decode: two split-K GEMMs around the product
+    # decode on a GPU: two split-K GEMMs around the product; on the CPU with the C++ kernels, the product is
+    # act_and_mul for every row count, as in the fused decoder layer (a row's result does not depend on its step)
+    if quantized or (decode and use_triton(x)) or _cpp_elementwise(x):
         return _two_gemm_ffn(linear, x, w_gate_up, w_down, activation)
     if decode:  # the torch path here; what a GPU would launch is shadowed while compile keys are recorded
         compile_keys.shadow(_two_gemm_ffn, linear_decode_triton, x, w_gate_up, w_down, activation)
@@ -156,9 +166,13 @@ def _two_gemm_ffn(gemm, x, w_gate_up, w_down, activation: str) -> torch.Tensor:
     return gemm(act_and_mul(gemm(x, w_gate_up), activation), w_down)
 
 
+def _cpp_elementwise(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and not use_triton(x) and compile_keys.active() is None and _cpu.available()
+
+
 def act_and_mul(gate_up: torch.Tensor, activation: str = "silu") -> torch.Tensor:
     """``act(gate) * up`` with ``gate_up = cat([gate, up], -1)`` ``[..., 2I]`` -> ``[..., I]``."""
-    if gate_up.device.type == "cpu" and compile_keys.active() is None and _cpu.available():
+    if _cpp_elementwise(gate_up):
         return act_and_mul_cpu(gate_up, activation)
     return act_and_mul_ref(gate_up, activation)
 

@@ -113,6 +113,20 @@ class LlamaDecoderLayer(nn.Module):
         x, residual = self.post_attention_layernorm(h, residual)
         return self.mlp(x), residual
 
+    def cpu_decode_pack(self, dtype: torch.dtype):
+        """This layer's arguments for the fused C++ decode layer (kernels/cpu), or None where it cannot
+        run it (a Mixture-of-Experts MLP, a format the C++ ops do not take)."""
+        attn, mlp = self.self_attn, self.mlp
+        if not isinstance(mlp, LlamaMLP) or attn.o_proj.bias is not None:
+            return None
+        c = attn.cfg
+        return kernels.cpu_decode_layer_pack(
+            dtype=dtype, norms=(self.input_layernorm.weight, self.post_attention_layernorm.weight),
+            qk_norms=(attn.q_norm.weight, attn.k_norm.weight) if c.qk_norm else None, qkv_bias=attn.qkv_proj.bias,
+            projections=(attn.qkv_proj.weight, attn.o_proj.weight, mlp.gate_up_proj.weight, mlp.down_proj.weight),
+            heads=(c.num_heads, c.num_kv_heads, c.head_dim), window_left=attn.window[0] if attn.window else -1,
+            rope=attn.rope, neox=True, eps=c.norm_eps, scale=c.head_dim ** -0.5, activation=mlp.activation)
+
 
 class LlamaModel(nn.Module):
     def __init__(self, cfg: DecoderConfig, dtype: torch.dtype):
@@ -130,6 +144,7 @@ class LlamaForCausalLM(nn.Module):
         self.model = LlamaModel(cfg, dtype)
         self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, False, dtype)
         self.register_buffer("cos_sin", cfg.cos_sin_cache(), persistent=False)
+        self._decode_packs = None  # (dtype, per-layer packs) for the fused CPU decode layer
 
     def shard_sizes(self) -> dict[str, tuple[int, ...]]:
         return stacked_sizes(self.cfg)
@@ -138,10 +153,26 @@ class LlamaForCausalLM(nn.Module):
                 kv_caches: list[KVCache] | None = None) -> torch.Tensor:
         """Packed tokens [T] -> final hidden states [T, H]."""
         h, residual = self.model.embed_tokens(input_ids), None
+        fused = self._fused_decode_packs(h, meta, kv_caches)
         for i, layer in enumerate(self.model.layers):
             cache = kv_caches[i] if kv_caches is not None else None
-            h, residual = layer(h, residual, positions, self.cos_sin, meta, cache)
+            if fused[i] is not None:  # the same ops as layer(...) below, in one C++ call
+                h, residual = kernels.cpu_decode_layer(h, residual, fused[i], positions, self.cos_sin, cache,
+                                                       meta.slot_mapping, meta.decode_block_tables,
+                                                       meta.decode_seq_lens)
+            else:
+                h, residual = layer(h, residual, positions, self.cos_sin, meta, cache)
         return self.model.norm(h, residual)[0]
+
+    def _fused_decode_packs(self, h: torch.Tensor, meta: AttentionMetadata, kv_caches) -> list:
+        """Per layer, the fused C++ decode layer's arguments where a decode-only CPU step can use it, else None."""
+        none = [None] * len(self.model.layers)
+        if (kv_caches is None or meta.num_prefill_tokens or meta.slot_mapping is None or h.device.type != "cpu"
+                or self.cos_sin.dtype != torch.float32 or not kernels.cpu_kernels_available()):
+            return none
+        if self._decode_packs is None or self._decode_packs[0] != h.dtype:  # built once: weights do not change
+            self._decode_packs = (h.dtype, [layer.cpu_decode_pack(h.dtype) for layer in self.model.layers])
+        return self._decode_packs[1]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, H] -> float32 logits [N, V]."""

@@ -23,8 +23,8 @@ import torch
 log = logging.getLogger("kernelserve.kernels")
 
 ENV_VAR = "KERNELSERVE_CPU_KERNELS"
-SOURCES = ("quant_gemm.cpp", "ops.cpp")
-HEADERS = ("vec.h",)
+SOURCES = ("quant_gemm.cpp", "ops.cpp", "decoder_layer.cpp")
+HEADERS = ("vec.h", "ops.h")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "loaded": bool, "error": str

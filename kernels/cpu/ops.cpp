@@ -17,11 +17,10 @@
 #include <tuple>
 #include <vector>
 
+#include "ops.h"
 #include "vec.h"
 
-namespace {
-
-using ks::vec;
+namespace ks {
 
 // rows per thread task for cheap per-row work: small steps (decode) stay on one thread
 int64_t grain(int64_t row_cost) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(row_cost, 1)); }
@@ -320,7 +319,7 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
   return out;
 }
 
-}  // namespace
+}  // namespace ks
 
 TORCH_LIBRARY_FRAGMENT(kernelserve, m) {
   m.def("rms_norm(Tensor x, Tensor weight, float eps, Tensor? residual) -> (Tensor, Tensor)");
@@ -331,8 +330,8 @@ TORCH_LIBRARY_FRAGMENT(kernelserve, m) {
 }
 
 TORCH_LIBRARY_IMPL(kernelserve, CPU, m) {
-  m.impl("rms_norm", &rms_norm);
-  m.impl("rotary", &rotary);
-  m.impl("act_and_mul", &act_and_mul);
-  m.impl("paged_decode_attention", &paged_decode_attention);
+  m.impl("rms_norm", &ks::rms_norm);
+  m.impl("rotary", &ks::rotary);
+  m.impl("act_and_mul", &ks::act_and_mul);
+  m.impl("paged_decode_attention", &ks::paged_decode_attention);
 }

@@ -80,3 +80,52 @@ def paged_attention_cpu(q, k_cache, v_cache, block_tables, seq_lens, *, scale=No
     return torch.ops.kernelserve.paged_decode_attention(q, k_cache, v_cache, tables,
                                                          seq_lens.to(torch.int32).contiguous(), float(scale),
                                                          int(left), float(cap))
+
+
+def decode_layer(h, residual, pack, positions, cos_sin, cache, slot_mapping, block_tables, seq_lens):
+    """One Llama-family decoder layer for a decode-only step, in one C++ call (kernels/cpu/decoder_layer.cpp):
+    the same ops, in the same order, as the layer's Python forward, so the outputs are bit-identical.
+
+    ``pack`` is :func:`decode_layer_pack`'s; ``h``/``residual`` ``[B, H]``; returns ``(mlp_out, residual)``."""
+    weights, layout, eps, scale, activation = pack
+    return torch.ops.kernelserve.decode_layer(h, residual, weights, layout, eps, scale, activation, positions,
+                                              cos_sin, cache[0], cache[1], slot_mapping, block_tables, seq_lens)
+
+
+def _projection(weight, dtype) -> tuple[list, int, int] | None:
+    """(tensors, bits, group) of a projection the fused layer can run (bits 0: dense), or None."""
+    from ..quant_gemm import QuantizedWeight, uses_cpu_kernel
+
+    if isinstance(weight, QuantizedWeight):
+        if not uses_cpu_kernel(weight, dtype):
+            return None
+        return [weight.qweight, weight.scales, weight.offsets], weight.bits, weight.group_size
+    if weight.dtype != dtype or weight.dim() != 2:
+        return None
+    return [weight], 0, 0
+
+
+def decode_layer_pack(*, dtype, norms, qk_norms, qkv_bias, projections, heads, window_left, rope, neox, eps,
+                      scale, activation):
+    """The fused layer's arguments for one layer, or None where it cannot run the layer (a projection
+    format or dtype the C++ ops do not take, an activation other than SiLU / tanh-GELU).
+
+    ``norms``: the input and post-attention RMSNorm weights; ``qk_norms``: Qwen3's per-head q/k norm weights
+    or None; ``projections``: the qkv, o, gate_up and down weights (tensors or QuantizedWeights);
+    ``heads``: (query heads, KV heads, head dim)."""
+    if dtype not in _DTYPES or activation not in ACT_AND_MUL:
+        return None
+    norm_weights = [*norms, *(qk_norms or ())]
+    if any(w.dtype != dtype or not w.is_contiguous() for w in norm_weights):
+        return None
+    if qkv_bias is not None and qkv_bias.dtype != dtype:
+        return None
+    weights, layout = list(norm_weights) + ([qkv_bias] if qkv_bias is not None else []), []
+    for weight in projections:
+        parts = _projection(weight, dtype)
+        if parts is None:
+            return None
+        weights += parts[0]
+        layout += parts[1:]
+    flags = [*heads, window_left, int(rope), int(neox), int(qk_norms is not None), int(qkv_bias is not None)]
+    return weights, flags + layout, float(eps), float(scale), activation

@@ -9,7 +9,8 @@
 //   sum_k x[k] W[n, k] = scale * sum_k (code[k] - c) x[k]  +  (offset + c * scale) * sum_k x[k]
 //
 // with the codes centred (c = 8 for 4 bits, 128 for 8 bits) so that symmetric formats (Q4_0, Q8_0) have no
-// offset term at all and the first sum cancels little. Centred codes are small integers, exact in bfloat16,
+// offset term at all and the first sum cancels little. The 4-bit path for bf16 activations with K a multiple
+// of 64 (tile_bf16_wide) uses c = -128 instead: it unpacks without shuffles (see there). Centred codes are small integers, exact in bfloat16,
 // so with bf16 activations each code is dotted with x by AVX512-BF16's vdpbf16ps (products exact, float32
 // sums); the group scale multiplies the group's partial sum once.
 //
@@ -25,6 +26,8 @@
 #include <torch/library.h>
 
 #include <cstring>
+
+#include "ops.h"
 #include <vector>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
@@ -43,8 +46,9 @@ struct Problem {
   const float* scales;
   const float* offsets;
   int64_t ldq, lds;  // row strides of codes (bytes) and of scales/offsets (elements)
-  int64_t K;
+  int64_t K, N;
   int group, bits;
+  bool wide;  // 4-bit, K a multiple of 64, groups of 32 or of a multiple of 64: tile_bf16_wide
   int64_t groups() const { return K / group; }
   float centre() const { return bits == 4 ? 8.0f : 128.0f; }
 };
@@ -172,6 +176,90 @@ void tile_bf16(const c10::BFloat16* x, int64_t ldx, const float* xsum, const Pro
     }
 }
 
+// 4-bit codes with bf16 activations, K a multiple of 64: no shuffles to unpack. The bf16 number with bits
+// 0x4300 | q is exactly 128 + q for q < 128, so OR-ing a nibble into 0x4300 turns it into a bf16 operand; the
+// dot then carries 128 * sum(x), which the offset term takes back (w = s q + o = s (128 + q) + (o - 128 s):
+// "centre" -128 in the split at the top of this file).
+//
+// 128 columns a step: one 64-byte load gives 32 words, word i holding the nibbles of columns 4i..4i+3; four
+// shift-and-mask steps give four operands whose lane i is column 4i + r (r = 0..3), dotted with four vectors
+// of a copy of x laid out the same way. vdpbf16ps pairs lanes 2l and 2l + 1, so lane l of each dot sums
+// columns 8l..8l+7 of the block: lanes 4g..4g+3 are the block's g-th 32 columns, and one scale vector (each
+// lane its group's scale) multiplies the sum of the four dots. A 64-column tail (K = 576 = 4 * 128 + 64)
+// widens its 32 bytes to words (low nibble: even column, high nibble: odd column) against an even/odd copy.
+constexpr float OR_CENTRE = -128.0f;
+
+inline __m512i nibble_bf16(__m512i words, int shift) {  // ((w >> shift) & 0xF) | 0x4300 in each 16-bit lane
+  __m512i v = shift ? _mm512_srli_epi16(words, shift) : words;
+  return _mm512_ternarylogic_epi32(v, _mm512_set1_epi16(0xF), _mm512_set1_epi16(0x4300), 0xEA);  // (A & B) | C
+}
+
+template <int MB, int NB>
+void tile_bf16_wide(const c10::BFloat16* xd, int64_t ldx, const float* xsum, const Problem& p, int64_t n,
+                    c10::BFloat16* y, int64_t ldy, __m512i scale_index) {
+  __m512 acc[MB][NB];
+  for (int m = 0; m < MB; ++m)
+    for (int j = 0; j < NB; ++j) acc[m][j] = _mm512_setzero_ps();
+  const __m512 zero = _mm512_setzero_ps();
+  // scales of the (up to 4) groups a 128-column block touches, spread to their lanes
+  const int block_groups = p.group >= 128 ? 1 : 128 / p.group;
+  const __mmask16 scale_mask = static_cast<__mmask16>((1u << block_groups) - 1);
+  int64_t k = 0;
+  for (; k + 4 * CHUNK <= p.K; k += 4 * CHUNK) {
+    const int64_t g = k / p.group;
+    __m512i w[NB];
+    __m512 scale[NB];
+    for (int j = 0; j < NB; ++j) {
+      w[j] = _mm512_loadu_si512(p.q + (n + j) * p.ldq + k / 2);
+      scale[j] = _mm512_permutexvar_ps(scale_index, _mm512_maskz_loadu_ps(scale_mask, p.scales + (n + j) * p.lds + g));
+    }
+    for (int m = 0; m < MB; ++m) {
+      const c10::BFloat16* xm = xd + m * ldx + k;
+      for (int j = 0; j < NB; ++j) {
+        __m512 dot = zero;
+        for (int r = 0; r < 4; ++r)
+          dot = _mm512_dpbf16_ps(dot, reinterpret_cast<__m512bh>(nibble_bf16(w[j], 4 * r)),
+                                 reinterpret_cast<__m512bh>(_mm512_loadu_si512(xm + r * CHUNK)));
+        acc[m][j] = _mm512_fmadd_ps(dot, scale[j], acc[m][j]);
+      }
+    }
+  }
+  if (k < p.K) {  // 64 columns left
+    const int64_t g0 = k / p.group, g1 = (k + CHUNK) / p.group;
+    __m512i lo[NB], hi[NB];
+    __m512 scale[NB];
+    for (int j = 0; j < NB; ++j) {
+      __m512i b = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.q + (n + j) * p.ldq + k / 2)));
+      lo[j] = nibble_bf16(b, 0);
+      hi[j] = nibble_bf16(b, 4);
+      const float* srow = p.scales + (n + j) * p.lds;
+      scale[j] = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(srow[g0]), _mm512_set1_ps(srow[g1]));
+    }
+    for (int m = 0; m < MB; ++m) {
+      const __m512bh xe = reinterpret_cast<__m512bh>(_mm512_loadu_si512(xd + m * ldx + k));
+      const __m512bh xo = reinterpret_cast<__m512bh>(_mm512_loadu_si512(xd + m * ldx + k + CHUNK));
+      for (int j = 0; j < NB; ++j) {
+        __m512 dot = _mm512_dpbf16_ps(zero, reinterpret_cast<__m512bh>(lo[j]), xe);
+        dot = _mm512_dpbf16_ps(dot, reinterpret_cast<__m512bh>(hi[j]), xo);
+        acc[m][j] = _mm512_fmadd_ps(dot, scale[j], acc[m][j]);
+      }
+    }
+  }
+  for (int m = 0; m < MB; ++m)
+    for (int j = 0; j < NB; ++j) {
+      const int64_t row = (n + j) * p.lds;
+      __m512 off = offset_term(p.offsets + row, p.scales + row, xsum + m * p.groups(), p.groups(), OR_CENTRE);
+      y[m * ldy + n + j] = c10::BFloat16(_mm512_reduce_add_ps(_mm512_add_ps(acc[m][j], off)));
+    }
+}
+
+// lane l of a 128-column block's dot sums columns 8l..8l+7: its group within the block is 8l / group_size
+inline __m512i block_scale_index(int group) {
+  alignas(64) int32_t idx[16];
+  for (int l = 0; l < 16; ++l) idx[l] = group >= 128 ? 0 : 8 * l / group;
+  return _mm512_load_si512(idx);
+}
+
 // float32 activations: codes to float, two fused multiply-adds per chunk, row and weight row. 4-bit chunks come
 // out as (even columns, odd columns), so x is read through a copy whose chunks are ordered the same way.
 template <int MB, int NB, int BITS>
@@ -218,7 +306,8 @@ void tile(const T* x, int64_t ldx, const float* xsum, const Problem& p, int64_t 
     if (p.bits == 4) tile_f32<MB, NB, 4>(x, ldx, xsum, p, n, y, ldy);
     else tile_f32<MB, NB, 8>(x, ldx, xsum, p, n, y, ldy);
   } else {
-    if (p.bits == 4) tile_bf16<MB, NB, 4>(x, ldx, xsum, p, n, y, ldy, table);
+    if (p.bits == 4 && p.wide) tile_bf16_wide<MB, NB>(x, ldx, xsum, p, n, y, ldy, block_scale_index(p.group));
+    else if (p.bits == 4) tile_bf16<MB, NB, 4>(x, ldx, xsum, p, n, y, ldy, table);
     else tile_bf16<MB, NB, 8>(x, ldx, xsum, p, n, y, ldy, table);
   }
 }
@@ -234,15 +323,26 @@ void rows_avx512(const T* x, int64_t ldx, const float* xsum, const Problem& p, i
   for (; n < n1; ++n) tile<MB, 1>(x, ldx, xsum, p, n, y, ldy, table);
 }
 
-// x's 32-column chunks reordered as (even columns, odd columns), matching unpacked 4-bit chunks
-std::vector<float> deinterleave_chunks(const float* x, int64_t ldx, int64_t rows, int64_t K) {
-  std::vector<float> out(rows * K);
-  for (int64_t m = 0; m < rows; ++m)
-    for (int64_t k0 = 0; k0 < K; k0 += CHUNK)
-      for (int j = 0; j < CHUNK / 2; ++j) {
-        out[m * K + k0 + j] = x[m * ldx + k0 + 2 * j];
-        out[m * K + k0 + CHUNK / 2 + j] = x[m * ldx + k0 + 2 * j + 1];
+// x's columns reordered as unpacked 4-bit codes come out: blocks of `block` columns as (even, odd) columns;
+// with `quads`, 128-column blocks first as columns 4i + r in vector r (tile_bf16_wide), then one (even, odd)
+// block of 64 for the rest
+template <typename T>
+std::vector<T> deinterleave_blocks(const T* x, int64_t ldx, int64_t rows, int64_t K, int block, bool quads) {
+  std::vector<T> out(rows * K);
+  for (int64_t m = 0; m < rows; ++m) {
+    const T* src = x + m * ldx;
+    T* dst = out.data() + m * K;
+    int64_t k0 = 0;
+    if (quads)
+      for (; k0 + 4 * CHUNK <= K; k0 += 4 * CHUNK)
+        for (int r = 0; r < 4; ++r)
+          for (int i = 0; i < CHUNK; ++i) dst[k0 + r * CHUNK + i] = src[k0 + 4 * i + r];
+    for (; k0 < K; k0 += block)
+      for (int j = 0; j < block / 2; ++j) {
+        dst[k0 + j] = src[k0 + 2 * j];
+        dst[k0 + block / 2 + j] = src[k0 + 2 * j + 1];
       }
+  }
   return out;
 }
 
@@ -273,13 +373,12 @@ void run(const T* x, int64_t ldx, int64_t M, const Problem& p, T* y, int64_t N) 
   std::vector<float> xsum = group_sums(x, ldx, M, p);
   const bool vec = vectorised(p);
 #ifdef KS_AVX512
-  std::vector<float> xd;
-  if constexpr (std::is_same_v<T, float>) {
-    if (vec && p.bits == 4) {
-      xd = deinterleave_chunks(x, ldx, M, p.K);
-      x = xd.data();
-      ldx = p.K;
-    }
+  std::vector<T> xd;
+  if (vec && p.bits == 4 && (std::is_same_v<T, float> || p.wide)) {
+    const bool wide = !std::is_same_v<T, float>;
+    xd = deinterleave_blocks(x, ldx, M, p.K, wide ? 2 * CHUNK : CHUNK, wide);
+    x = xd.data();
+    ldx = p.K;
   }
 #endif
   // threads split N (never M): which rows share a call cannot change how any output is summed
@@ -301,8 +400,8 @@ void run(const T* x, int64_t ldx, int64_t M, const Problem& p, T* y, int64_t N) 
   });
 }
 
-at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
-                        const at::Tensor& offsets, int64_t bits, int64_t group_size) {
+at::Tensor quant_linear_op(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                           const at::Tensor& offsets, int64_t bits, int64_t group_size) {
   TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "x: expected [M, K] with unit column stride");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "x: float32 or bfloat16");
   TORCH_CHECK(bits == 4 || bits == 8, "bits: 4 or 8");
@@ -315,7 +414,8 @@ at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& qweight, const at
   TORCH_CHECK(qweight.size(1) * 8 / bits == K, "qweight: expected ", K * bits / 8, " bytes a row");
   TORCH_CHECK(scales.size(0) == N && scales.size(1) == K / group_size, "scales: expected [N, K / group_size]");
   Problem p{qweight.data_ptr<uint8_t>(), scales.data_ptr<float>(), offsets.data_ptr<float>(), qweight.stride(0),
-            scales.stride(0), K, static_cast<int>(group_size), static_cast<int>(bits)};
+            scales.stride(0), K, N, static_cast<int>(group_size), static_cast<int>(bits),
+            bits == 4 && K % 64 == 0 && (group_size == 32 || group_size % 64 == 0)};
   at::Tensor y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   if (x.scalar_type() == at::kFloat)
@@ -335,9 +435,14 @@ bool has_avx512() {
 
 }  // namespace
 
+at::Tensor ks::quant_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                            const at::Tensor& offsets, int64_t bits, int64_t group_size) {
+  return quant_linear_op(x, qweight, scales, offsets, bits, group_size);
+}
+
 TORCH_LIBRARY_FRAGMENT(kernelserve, m) {
   m.def("quant_linear(Tensor x, Tensor qweight, Tensor scales, Tensor offsets, int bits, int group_size) -> Tensor");
   m.def("vectorised() -> bool", &has_avx512);
 }
 
-TORCH_LIBRARY_IMPL(kernelserve, CPU, m) { m.impl("quant_linear", &quant_linear); }
+TORCH_LIBRARY_IMPL(kernelserve, CPU, m) { m.impl("quant_linear", &ks::quant_linear); }

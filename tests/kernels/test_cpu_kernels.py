@@ -37,11 +37,13 @@ def gemm(x, qw):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("m", ROWS)
-@pytest.mark.parametrize("bits, group, k, n", [(4, 32, 96, 37), (4, 64, 192, 70), (4, 128, 384, 5),
+@pytest.mark.parametrize("bits, group, k, n", [(4, 32, 96, 37), (4, 32, 576, 37), (4, 32, 256, 4), (4, 64, 192, 70),
+                                                (4, 128, 384, 5), (4, 256, 512, 6),
                                                 (8, 32, 96, 37), (8, 64, 64, 1), (8, 16, 48, 9), (4, 16, 80, 6)],
                          ids=lambda v: str(v))
 def test_quant_gemm_odd_shapes_match_float64(dtype, m, bits, group, k, n):
-    """Tails of the 4-row weight tile and the 4-row activation block; group 16 runs the portable loops."""
+    """Tails of the 4-row weight tile and the 4-row activation block; K = 96 the 32-column path, K a multiple
+    of 64 the 128-column one (with a 64-column tail where K = 576, SmolLM2's); group 16 the portable loops."""
     g = torch.Generator().manual_seed(m * 1000 + k + n + bits)
     qw = random_quantized(n, k, bits, group, "cpu", g)
     x = rand(m, k, dtype=dtype, device="cpu", generator=g)
