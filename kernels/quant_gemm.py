@@ -9,7 +9,9 @@ which holds GGUF's Q4_0 (offset = -8 d), Q4_1 (offset = m), Q8_0 (code = q + 128
 offset = -128 d) and Q4_K (scale = d * sc, offset = -dmin * m) exactly, and
 round-to-nearest int4/int8 quantisation of a full-precision checkpoint.
 Scales and offsets are float32, so ``scale * code + offset`` is the value the
-GGUF dequantiser computes, bit for bit.
+GGUF dequantiser computes, bit for bit; :func:`pack_codes` stores them in float16
+where every value is exact in it (GGUF's Q4_0, Q4_1 and Q8_0 hold float16 ``d``
+and ``m``), which computes the same values from a quarter fewer bytes of weight.
 
 Layouts: 8-bit codes are ``uint8 [N, K]``; 4-bit codes are packed two to a
 byte, ``uint8 [N, K / 2]``, column ``2j`` in the low nibble of byte ``j`` and
@@ -43,6 +45,7 @@ from .tuning import Tuner, m_bucket
 log = logging.getLogger("kernelserve.kernels")
 
 GROUP_SIZES = (16, 32, 64, 128, 256)
+SCALE_DTYPES = (torch.float32, torch.float16)
 CPU_GROUP_SIZES = (32, 64, 128, 256)  # what torch's int4 CPU kernel takes
 
 
@@ -50,8 +53,8 @@ CPU_GROUP_SIZES = (32, 64, 128, 256)  # what torch's int4 CPU kernel takes
 class QuantizedWeight:
     """A group-wise quantized ``[N, K]`` weight (see the module docstring for the math and layouts)."""
     qweight: torch.Tensor  # uint8 [N, K * bits / 8]
-    scales: torch.Tensor  # float32 [N, K / group_size]
-    offsets: torch.Tensor  # float32 [N, K / group_size]
+    scales: torch.Tensor  # float32 (or float16 where exact) [N, K / group_size]
+    offsets: torch.Tensor  # same dtype and shape as scales
     bits: int
     group_size: int
     _cpu: dict = field(default_factory=dict, repr=False)  # activation dtype -> torch's packed layout
@@ -85,7 +88,7 @@ class QuantizedWeight:
 def dequantize_groups(codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group_size: int,
                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``scales * codes + offsets`` group-wise in float32 (the GGUF dequantiser's arithmetic), then ``dtype``."""
-    w = codes.float() * scales.repeat_interleave(group_size, 1) + offsets.repeat_interleave(group_size, 1)
+    w = codes.float() * scales.float().repeat_interleave(group_size, 1) + offsets.float().repeat_interleave(group_size, 1)
     return w.to(dtype)
 
 
@@ -103,7 +106,16 @@ def pack_codes(codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor,
     if bits == 4:
         expect(codes.numel() == 0 or int(codes.max()) < 16, "codes: 4-bit codes must be below 16")
         codes = codes[:, 0::2] | (codes[:, 1::2] << 4)
+    scales, offsets = _compact(scales, offsets)
     return QuantizedWeight(codes.contiguous(), scales.contiguous(), offsets.contiguous(), bits, group_size)
+
+
+def _compact(scales: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float16 copies of float32 scales and offsets when every value survives the round trip exactly."""
+    half_s, half_o = scales.half(), offsets.half()
+    if torch.equal(half_s.float(), scales) and torch.equal(half_o.float(), offsets):
+        return half_s, half_o
+    return scales, offsets
 
 
 def quantize_rtn(w: torch.Tensor, bits: int, group_size: int) -> QuantizedWeight:
@@ -177,8 +189,8 @@ def _quant_linear_kernel(
             k_ok = even < K
             byte = tl.load(q_cols + (even // 2)[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0)
             # the whole tile lies in group k0 // GROUP (BLOCK_K <= GROUP): one scale and offset per column n
-            scale = tl.load(s_row + k0 // GROUP, mask=n_ok, other=0.0)[None, :]
-            offset = tl.load(o_row + k0 // GROUP, mask=n_ok, other=0.0)[None, :]
+            scale = tl.load(s_row + k0 // GROUP, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+            offset = tl.load(o_row + k0 // GROUP, mask=n_ok, other=0.0).to(tl.float32)[None, :]
             w_even = ((byte & 0xF).to(tl.float32) * scale + offset).to(X.dtype.element_ty)
             w_odd = ((byte >> 4).to(tl.float32) * scale + offset).to(X.dtype.element_ty)
             x_mask = m_ok[:, None] & k_ok[None, :]
@@ -192,8 +204,8 @@ def _quant_linear_kernel(
             cols = k0 + offs_k
             k_ok = cols < K
             code = tl.load(q_cols + cols[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0)
-            scale = tl.load(s_row + k0 // GROUP, mask=n_ok, other=0.0)[None, :]
-            offset = tl.load(o_row + k0 // GROUP, mask=n_ok, other=0.0)[None, :]
+            scale = tl.load(s_row + k0 // GROUP, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+            offset = tl.load(o_row + k0 // GROUP, mask=n_ok, other=0.0).to(tl.float32)[None, :]
             w = (code.to(tl.float32) * scale + offset).to(X.dtype.element_ty)
             x = tl.load(x_rows + cols[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             acc = tl.dot(x, w, acc)
@@ -216,8 +228,9 @@ def _check_quant_args(x, qw, bias, activation):
     expect(x.dim() >= 1 and x.shape[-1] == k, lambda: f"x: expected [..., {k}], got {list(x.shape)}")
     check_tensor("weight.qweight", qw.qweight, ndim=2, dtypes=(torch.uint8,), device=x.device)
     for name, t in (("weight.scales", qw.scales), ("weight.offsets", qw.offsets)):
-        check_tensor(name, t, ndim=2, dtypes=(torch.float32,), device=x.device)
+        check_tensor(name, t, ndim=2, dtypes=SCALE_DTYPES, device=x.device)
         check_shape(name, t, (n, k // qw.group_size))
+    expect(qw.scales.dtype == qw.offsets.dtype, "weight: scales and offsets must share a dtype")
     expect(qw.bits in (4, 8) and qw.group_size in GROUP_SIZES and k % qw.group_size == 0,
            lambda: f"weight: unsupported bits={qw.bits} / group_size={qw.group_size} for K={k}")
     expect(qw.bits == 8 or qw.group_size >= 32, lambda: f"weight: 4-bit groups must be >= 32, got {qw.group_size}")
@@ -253,13 +266,13 @@ def quant_linear_triton(x, qw: QuantizedWeight, bias=None, activation=None, *, c
 
 def _int4_parts(qw: QuantizedWeight) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(4-bit codes int32 [N, K], scale, offset) parts whose sum is W: one for 4 bits, two nibbles for 8."""
-    codes = qw.codes()
+    codes, scales, offsets = qw.codes(), qw.scales.float(), qw.offsets.float()
     if qw.bits == 4:
-        return [(codes.int(), qw.scales, qw.offsets)]
+        return [(codes.int(), scales, offsets)]
     # c = 16 h + l: W = 16 s h - 128 s  +  s l + (o + 128 s). Both parts then have small zeros in torch's
     # form (0 and o + 136 s, i.e. 8 s for Q8_0), which 16-bit scales-and-zeros round the least.
     high, low = (codes >> 4).int(), (codes & 0xF).int()
-    return [(high, 16 * qw.scales, -128 * qw.scales), (low, qw.scales, qw.offsets + 128 * qw.scales)]
+    return [(high, 16 * scales, -128 * scales), (low, scales, offsets + 128 * scales)]
 
 
 def cpu_supported(qw: QuantizedWeight) -> bool:

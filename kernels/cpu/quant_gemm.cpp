@@ -23,6 +23,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <cstring>
@@ -41,16 +42,25 @@ constexpr int CHUNK = 32;   // weight columns unpacked per step (GGUF's 32-wide 
 constexpr int M_BLOCK = 4;  // activation rows sharing one unpacked chunk (accumulators stay in registers)
 constexpr int64_t N_TILE = 64;
 
+// Scales and offsets are float32, or float16 where the loader found every value exact in it (GGUF's Q4_0,
+// Q4_1 and Q8_0 store them so): half the bytes of a call that is a read of its weight.
 struct Problem {
   const uint8_t* q;
-  const float* scales;
-  const float* offsets;
+  const void* scales;
+  const void* offsets;
+  bool half;  // scales/offsets are float16
   int64_t ldq, lds;  // row strides of codes (bytes) and of scales/offsets (elements)
   int64_t K, N;
   int group, bits;
   bool wide;  // 4-bit, K a multiple of 64, groups of 32 or of a multiple of 64: tile_bf16_wide
   int64_t groups() const { return K / group; }
   float centre() const { return bits == 4 ? 8.0f : 128.0f; }
+  float at(const void* base, int64_t i) const {
+    return half ? c10::detail::fp16_ieee_to_fp32_value(static_cast<const uint16_t*>(base)[i])
+                : static_cast<const float*>(base)[i];
+  }
+  float scale(int64_t n, int64_t g) const { return at(scales, n * lds + g); }
+  float offset(int64_t n, int64_t g) const { return at(offsets, n * lds + g); }
 };
 
 // sum of each group of x (as float), [rows, groups]: the offset term's factor, shared by every weight row
@@ -85,9 +95,9 @@ void rows_generic(const T* x, int64_t ldx, int64_t rows, const float* xsum, cons
         float part = 0.f;
         for (int64_t k = g * p.group; k < (g + 1) * p.group; ++k)
           part += (code_at(p, n, k) - c) * static_cast<float>(x[m * ldx + k]);
-        float scale = p.scales[n * p.lds + g];
+        float scale = p.scale(n, g);
         acc += scale * part;
-        off += (p.offsets[n * p.lds + g] + c * scale) * xsum[m * p.groups() + g];
+        off += (p.offset(n, g) + c * scale) * xsum[m * p.groups() + g];
       }
       y[m * ldy + n] = static_cast<T>(acc + off);
     }
@@ -129,13 +139,20 @@ inline __m512 dot_bf16(__m512 acc, __m512i w, const c10::BFloat16* x) {
   return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh>(w), reinterpret_cast<__m512bh>(_mm512_loadu_si512(x)));
 }
 
-// sum_g (offset + c * scale) * xsum[g], 16 groups a step (masked tail)
-inline __m512 offset_term(const float* off, const float* sc, const float* xs, int64_t groups, float c) {
+// up to 16 scales or offsets starting at element i, as float32 (lanes outside the mask 0)
+inline __m512 load_params(const Problem& p, const void* base, int64_t i, __mmask16 mask) {
+  if (p.half) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(base) + i));
+  return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(base) + i);
+}
+
+// sum_g (offset + c * scale) * xsum[g] over weight row n, 16 groups a step (masked tail)
+inline __m512 offset_term(const Problem& p, int64_t n, const float* xs, float c) {
+  const int64_t groups = p.groups(), row = n * p.lds;
   __m512 acc = _mm512_setzero_ps();
   const __m512 vc = _mm512_set1_ps(c);
   for (int64_t g = 0; g < groups; g += 16) {
     __mmask16 m = groups - g >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (groups - g)) - 1);
-    __m512 o = _mm512_maskz_loadu_ps(m, off + g), s = _mm512_maskz_loadu_ps(m, sc + g);
+    __m512 o = load_params(p, p.offsets, row + g, m), s = load_params(p, p.scales, row + g, m);
     acc = _mm512_fmadd_ps(_mm512_fmadd_ps(vc, s, o), _mm512_maskz_loadu_ps(m, xs + g), acc);
   }
   return acc;
@@ -159,7 +176,7 @@ void tile_bf16(const c10::BFloat16* x, int64_t ldx, const float* xsum, const Pro
     for (int j = 0; j < NB; ++j) {
       const uint8_t* row = p.q + (n + j) * p.ldq;
       w[j] = BITS == 4 ? unpack4_bf16(row + k / 2, table) : unpack8_bf16(row + k);
-      scale[j] = _mm512_set1_ps(p.scales[(n + j) * p.lds + g]);
+      scale[j] = _mm512_set1_ps(p.scale(n + j, g));
     }
     for (int m = 0; m < MB; ++m) {
       const __m512bh xv = reinterpret_cast<__m512bh>(_mm512_loadu_si512(x + m * ldx + k));
@@ -170,8 +187,7 @@ void tile_bf16(const c10::BFloat16* x, int64_t ldx, const float* xsum, const Pro
   }
   for (int m = 0; m < MB; ++m)
     for (int j = 0; j < NB; ++j) {
-      const int64_t row = (n + j) * p.lds;
-      __m512 off = offset_term(p.offsets + row, p.scales + row, xsum + m * p.groups(), p.groups(), p.centre());
+      __m512 off = offset_term(p, n + j, xsum + m * p.groups(), p.centre());
       y[m * ldy + n + j] = c10::BFloat16(_mm512_reduce_add_ps(_mm512_add_ps(acc[m][j], off)));
     }
 }
@@ -211,7 +227,7 @@ void tile_bf16_wide(const c10::BFloat16* xd, int64_t ldx, const float* xsum, con
     __m512 scale[NB];
     for (int j = 0; j < NB; ++j) {
       w[j] = _mm512_loadu_si512(p.q + (n + j) * p.ldq + k / 2);
-      scale[j] = _mm512_permutexvar_ps(scale_index, _mm512_maskz_loadu_ps(scale_mask, p.scales + (n + j) * p.lds + g));
+      scale[j] = _mm512_permutexvar_ps(scale_index, load_params(p, p.scales, (n + j) * p.lds + g, scale_mask));
     }
     for (int m = 0; m < MB; ++m) {
       const c10::BFloat16* xm = xd + m * ldx + k;
@@ -232,8 +248,7 @@ void tile_bf16_wide(const c10::BFloat16* xd, int64_t ldx, const float* xsum, con
       __m512i b = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.q + (n + j) * p.ldq + k / 2)));
       lo[j] = nibble_bf16(b, 0);
       hi[j] = nibble_bf16(b, 4);
-      const float* srow = p.scales + (n + j) * p.lds;
-      scale[j] = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(srow[g0]), _mm512_set1_ps(srow[g1]));
+      scale[j] = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(p.scale(n + j, g0)), _mm512_set1_ps(p.scale(n + j, g1)));
     }
     for (int m = 0; m < MB; ++m) {
       const __m512bh xe = reinterpret_cast<__m512bh>(_mm512_loadu_si512(xd + m * ldx + k));
@@ -247,8 +262,7 @@ void tile_bf16_wide(const c10::BFloat16* xd, int64_t ldx, const float* xsum, con
   }
   for (int m = 0; m < MB; ++m)
     for (int j = 0; j < NB; ++j) {
-      const int64_t row = (n + j) * p.lds;
-      __m512 off = offset_term(p.offsets + row, p.scales + row, xsum + m * p.groups(), p.groups(), OR_CENTRE);
+      __m512 off = offset_term(p, n + j, xsum + m * p.groups(), OR_CENTRE);
       y[m * ldy + n + j] = c10::BFloat16(_mm512_reduce_add_ps(_mm512_add_ps(acc[m][j], off)));
     }
 }
@@ -283,7 +297,7 @@ void tile_f32(const float* x, int64_t ldx, const float* xsum, const Problem& p, 
         w1[j] = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
                                   _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k + 16)))), centre);
       }
-      scale[j] = _mm512_set1_ps(p.scales[(n + j) * p.lds + g]);
+      scale[j] = _mm512_set1_ps(p.scale(n + j, g));
     }
     for (int m = 0; m < MB; ++m) {
       const __m512 x0 = _mm512_loadu_ps(x + m * ldx + k), x1 = _mm512_loadu_ps(x + m * ldx + k + 16);
@@ -293,8 +307,7 @@ void tile_f32(const float* x, int64_t ldx, const float* xsum, const Problem& p, 
   }
   for (int m = 0; m < MB; ++m)
     for (int j = 0; j < NB; ++j) {
-      const int64_t row = (n + j) * p.lds;
-      __m512 off = offset_term(p.offsets + row, p.scales + row, xsum + m * p.groups(), p.groups(), p.centre());
+      __m512 off = offset_term(p, n + j, xsum + m * p.groups(), p.centre());
       y[m * ldy + n + j] = _mm512_reduce_add_ps(_mm512_add_ps(acc[m][j], off));
     }
 }
@@ -406,14 +419,16 @@ at::Tensor quant_linear_op(const at::Tensor& x, const at::Tensor& qweight, const
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "x: float32 or bfloat16");
   TORCH_CHECK(bits == 4 || bits == 8, "bits: 4 or 8");
   TORCH_CHECK(qweight.scalar_type() == at::kByte && qweight.dim() == 2 && qweight.stride(1) == 1, "qweight");
-  TORCH_CHECK(scales.scalar_type() == at::kFloat && offsets.scalar_type() == at::kFloat, "scales/offsets: float32");
+  TORCH_CHECK((scales.scalar_type() == at::kFloat || scales.scalar_type() == at::kHalf) &&
+                  offsets.scalar_type() == scales.scalar_type(), "scales/offsets: float32 or float16, one dtype");
   TORCH_CHECK(scales.is_contiguous() && offsets.is_contiguous() && scales.sizes() == offsets.sizes(),
               "scales/offsets: contiguous, same shape");
   const int64_t M = x.size(0), K = x.size(1), N = qweight.size(0);
   TORCH_CHECK(group_size > 0 && K % group_size == 0, "K must be a multiple of group_size");
   TORCH_CHECK(qweight.size(1) * 8 / bits == K, "qweight: expected ", K * bits / 8, " bytes a row");
   TORCH_CHECK(scales.size(0) == N && scales.size(1) == K / group_size, "scales: expected [N, K / group_size]");
-  Problem p{qweight.data_ptr<uint8_t>(), scales.data_ptr<float>(), offsets.data_ptr<float>(), qweight.stride(0),
+  Problem p{qweight.data_ptr<uint8_t>(), scales.data_ptr(), offsets.data_ptr(), scales.scalar_type() == at::kHalf,
+            qweight.stride(0),
             scales.stride(0), K, N, static_cast<int>(group_size), static_cast<int>(bits),
             bits == 4 && K % 64 == 0 && (group_size == 32 || group_size % 64 == 0)};
   at::Tensor y = at::empty({M, N}, x.options());

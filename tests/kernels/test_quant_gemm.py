@@ -178,3 +178,21 @@ def test_quant_rejects_bad_input(impl, device):
         pack_codes(torch.full((16, 32), 16, dtype=torch.uint8), torch.ones(16, 1), torch.zeros(16, 1), 4, 32)
     with pytest.raises(ValueError, match="group_size"):
         pack_codes(torch.zeros(16, 48, dtype=torch.uint8), torch.ones(16, 2), torch.zeros(16, 2), 4, 24)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits", [4, 8])
+def test_float16_scales_where_exact(impl, device, dtype, bits):
+    """Scales and offsets exact in float16 (GGUF's Q4_0/Q4_1/Q8_0) are stored in it and give the same values;
+    others stay float32."""
+    g = torch.Generator().manual_seed(bits)
+    k, n = 192, 40
+    codes = torch.randint(0, 2 ** bits, (n, k), generator=g, dtype=torch.int32).to(torch.uint8)
+    scales = ((torch.rand(n, k // 32, generator=g) + 0.5) * k ** -0.5 * 4 / 2 ** bits).half().float()
+    offsets = (-(2 ** (bits - 1)) * scales + torch.randn(n, k // 32, generator=g) * 0.01).half().float()
+    qw = pack_codes(codes, scales, offsets, bits, 32).to(device)
+    assert qw.scales.dtype == qw.offsets.dtype == torch.float16
+    assert torch.equal(qw.dequantize().cpu(), pack_codes(codes, scales, offsets, bits, 32).dequantize())
+    assert pack_codes(codes, scales * (1 + 2 ** -20), offsets, bits, 32).scales.dtype == torch.float32
+    x = rand(5, k, dtype=dtype, device=device, generator=g)
+    assert_close(QUANT[impl](x, qw), expected_f64(x, qw, None, None), dtype)
