@@ -229,16 +229,20 @@ void tile_bf16_wide(const c10::BFloat16* xd, int64_t ldx, const float* xsum, con
       w[j] = _mm512_loadu_si512(p.q + (n + j) * p.ldq + k / 2);
       scale[j] = _mm512_permutexvar_ps(scale_index, load_params(p, p.scales, (n + j) * p.lds + g, scale_mask));
     }
-    for (int m = 0; m < MB; ++m) {
-      const c10::BFloat16* xm = xd + m * ldx + k;
-      for (int j = 0; j < NB; ++j) {
-        __m512 dot = zero;
-        for (int r = 0; r < 4; ++r)
-          dot = _mm512_dpbf16_ps(dot, reinterpret_cast<__m512bh>(nibble_bf16(w[j], 4 * r)),
-                                 reinterpret_cast<__m512bh>(_mm512_loadu_si512(xm + r * CHUNK)));
-        acc[m][j] = _mm512_fmadd_ps(dot, scale[j], acc[m][j]);
+    // each nibble operand is built once and dotted with every row (r outside m): MB * NB partial dots
+    __m512 dot[MB][NB];
+    for (int m = 0; m < MB; ++m)
+      for (int j = 0; j < NB; ++j) dot[m][j] = zero;
+    for (int r = 0; r < 4; ++r) {
+      __m512bh nib[NB];
+      for (int j = 0; j < NB; ++j) nib[j] = reinterpret_cast<__m512bh>(nibble_bf16(w[j], 4 * r));
+      for (int m = 0; m < MB; ++m) {
+        const __m512bh xv = reinterpret_cast<__m512bh>(_mm512_loadu_si512(xd + m * ldx + k + r * CHUNK));
+        for (int j = 0; j < NB; ++j) dot[m][j] = _mm512_dpbf16_ps(dot[m][j], nib[j], xv);
       }
     }
+    for (int m = 0; m < MB; ++m)
+      for (int j = 0; j < NB; ++j) acc[m][j] = _mm512_fmadd_ps(dot[m][j], scale[j], acc[m][j]);
   }
   if (k < p.K) {  // 64 columns left
     const int64_t g0 = k / p.group, g1 = (k + CHUNK) / p.group;
@@ -329,7 +333,8 @@ void tile(const T* x, int64_t ldx, const float* xsum, const Problem& p, int64_t 
 template <int MB, typename T>
 void rows_avx512(const T* x, int64_t ldx, const float* xsum, const Problem& p, int64_t n0, int64_t n1, T* y,
                  int64_t ldy) {
-  constexpr int NB = std::is_same_v<T, float> ? 2 : 4;
+  // weight rows a tile: as many as the registers hold (tile_bf16_wide keeps 2 * MB * NB accumulators)
+  constexpr int NB = std::is_same_v<T, float> || MB > 2 ? 2 : 4;
   const __m512i table = nibble_table();
   int64_t n = n0;
   for (; n + NB <= n1; n += NB) tile<MB, NB>(x, ldx, xsum, p, n, y, ldy, table);
