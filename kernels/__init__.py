@@ -15,7 +15,7 @@ import torch
 from . import compile_keys
 from . import cpu as _cpu
 from ._backend import BACKENDS, backend_for, interpreting, selected_backend, use_triton
-from ._validate import trusted_calls
+from ._validate import checking, trusted_calls
 from .decode_gemm import DECODE_MAX_M, linear_decode_triton
 from .flash_attention import attention_ref, attention_triton
 from .gemm import (ACTIVATIONS, activation_ref, ffn_ref, ffn_triton, gated_ffn_ref, gated_ffn_triton, linear_ref,
@@ -36,8 +36,8 @@ if interpreting():
     patch_interpreter_bf16_dot()
 
 __all__ = [
-    "ACTIVATIONS", "BACKENDS", "QuantizedWeight", "act_and_mul", "attention", "cpu_decode_layer",
-    "cpu_decode_layer_pack", "cpu_kernels_available", "backend_for", "ffn", "fused_moe", "gated_ffn",
+    "ACTIVATIONS", "BACKENDS", "QuantizedWeight", "act_and_mul", "attention", "cpu_decode_layer", "logits",
+    "cpu_decode_layer_pack", "cpu_kernels_available", "checking", "backend_for", "ffn", "fused_moe", "gated_ffn",
     "interpreting", "moe_route",
     "layer_norm", "linear", "pack_codes", "paged_attention", "prepare_cpu", "quant_linear_ref", "quantize_rtn",
     "rms_norm", "rotary", "rotary_cos_sin_cache", "runs_triton", "selected_backend", "store_kv", "trusted_calls",
@@ -110,9 +110,19 @@ def linear(x, weight, bias=None, activation: str | None = None) -> torch.Tensor:
     return fn(x, weight, bias, activation)
 
 
+def logits(hidden: torch.Tensor, weight, bias=None) -> torch.Tensor:
+    """float32 ``hidden @ weight.T (+ bias)``, the output projection. A quantized weight on the C++ CPU kernels
+    writes float32 directly, so logits are never rounded to 16 bits (bf16 spaces them 0.125 apart near 25:
+    a near tie would be decided by rounding); elsewhere the GEMM's result is converted."""
+    if isinstance(weight, QuantizedWeight) and not use_triton(hidden) and compile_keys.active() is None:
+        return quant_linear_cpu(hidden, weight, bias, float_out=True)
+    return linear(hidden, weight, bias).float()
+
+
 def cpu_kernels_available() -> bool:
-    """Whether kernelserve's C++ CPU kernels are built and switched on (kernels/cpu)."""
-    return _cpu.available()
+    """Whether kernelserve's C++ CPU kernels are built and switched on (kernels/cpu); False while compile keys
+    are recorded (kernels/compile_keys.py: the step then stands in for a GPU's)."""
+    return compile_keys.active() is None and _cpu.available()
 
 
 def runs_triton(device: torch.device | str) -> bool:

@@ -306,22 +306,26 @@ def prepare_cpu(qw: QuantizedWeight, dtype: torch.dtype) -> None:
         _cpu_layout(qw, dtype)
 
 
-def quant_linear_cpu(x, qw: QuantizedWeight, bias=None, activation=None):
-    """The CPU path: kernelserve's C++ kernel, else torch's packed int4 matmul (no dense weight either way)."""
+def quant_linear_cpu(x, qw: QuantizedWeight, bias=None, activation=None, *, float_out: bool = False):
+    """The CPU path: kernelserve's C++ kernel, else torch's packed int4 matmul (no dense weight either way).
+    ``float_out``: the result in float32 (the C++ kernel writes it so, without a 16-bit rounding)."""
     _check_quant_args(x, qw, bias, activation)
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     if uses_cpu_kernel(qw, x.dtype):
-        y = torch.ops.kernelserve.quant_linear(x2, qw.qweight, qw.scales, qw.offsets, qw.bits, qw.group_size)
+        y = torch.ops.kernelserve.quant_linear(x2, qw.qweight, qw.scales, qw.offsets, qw.bits, qw.group_size,
+                                               float_out)
     elif cpu_supported(qw):
         y = None
         for packed, scales_zeros in _cpu_layout(qw, x.dtype):
             part = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, qw.group_size, scales_zeros)
             y = part if y is None else y + part
     else:
-        return quant_linear_ref(x, qw, bias, activation)
+        y = quant_linear_ref(x, qw, bias, activation)
+        return y.float() if float_out else y
     if bias is not None:
         y = y + bias
-    return activation_ref(y, activation).view(*x.shape[:-1], qw.shape[0])
+    y = activation_ref(y, activation).view(*x.shape[:-1], qw.shape[0])
+    return y.float() if float_out else y
 
 
 def quant_linear_ref(x, qw: QuantizedWeight, bias=None, activation=None):

@@ -21,8 +21,8 @@ LOGIT_ROW_BLOCK = 32
 def lm_logits(hidden: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """[N, H] hidden states -> float32 logits [N, V] through the (possibly tied) output projection."""
     if hidden.device.type != "cpu" or hidden.shape[0] <= LOGIT_ROW_BLOCK:
-        return kernels.linear(hidden, weight, bias).float()
-    return torch.cat([kernels.linear(rows, weight, bias).float() for rows in hidden.split(LOGIT_ROW_BLOCK)])
+        return kernels.logits(hidden, weight, bias)
+    return torch.cat([kernels.logits(rows, weight, bias) for rows in hidden.split(LOGIT_ROW_BLOCK)])
 
 
 def gather_kv(cache: KVCache, slots: torch.Tensor) -> KVCache:

@@ -165,10 +165,12 @@ class LlamaForCausalLM(nn.Module):
         return self.model.norm(h, residual)[0]
 
     def _fused_decode_packs(self, h: torch.Tensor, meta: AttentionMetadata, kv_caches) -> list:
-        """Per layer, the fused C++ decode layer's arguments where a decode-only CPU step can use it, else None."""
+        """Per layer, the fused C++ decode layer's arguments where a decode-only CPU step can use it, else None.
+        Only for trusted calls (the engine's serving steps): a step whose kernel arguments are being checked
+        (warm-up, direct calls) runs the Python layers, whose launchers check them."""
         none = [None] * len(self.model.layers)
         if (kv_caches is None or meta.num_prefill_tokens or meta.slot_mapping is None or h.device.type != "cpu"
-                or self.cos_sin.dtype != torch.float32 or not kernels.cpu_kernels_available()):
+                or self.cos_sin.dtype != torch.float32 or kernels.checking() or not kernels.cpu_kernels_available()):
             return none
         if self._decode_packs is None or self._decode_packs[0] != h.dtype:  # built once: weights do not change
             self._decode_packs = (h.dtype, [layer.cpu_decode_pack(h.dtype) for layer in self.model.layers])

@@ -63,6 +63,10 @@ struct Problem {
   float offset(int64_t n, int64_t g) const { return at(offsets, n * lds + g); }
 };
 
+// outputs are written in x's dtype, or float32 (logits: no bf16 rounding of a near tie)
+template <typename O>
+inline O out_cast(float v) { return static_cast<O>(v); }  // bf16: round to nearest even
+
 // sum of each group of x (as float), [rows, groups]: the offset term's factor, shared by every weight row
 template <typename T>
 std::vector<float> group_sums(const T* x, int64_t ldx, int64_t rows, const Problem& p) {
@@ -84,9 +88,9 @@ inline float code_at(const Problem& p, int64_t n, int64_t k) {
 }
 
 // Portable path (any x86/ARM build): the same split, one row at a time.
-template <typename T>
+template <typename T, typename O>
 void rows_generic(const T* x, int64_t ldx, int64_t rows, const float* xsum, const Problem& p, int64_t n0,
-                  int64_t n1, T* y, int64_t ldy) {
+                  int64_t n1, O* y, int64_t ldy) {
   const float c = p.centre();
   for (int64_t n = n0; n < n1; ++n)
     for (int64_t m = 0; m < rows; ++m) {
@@ -99,7 +103,7 @@ void rows_generic(const T* x, int64_t ldx, int64_t rows, const float* xsum, cons
         acc += scale * part;
         off += (p.offset(n, g) + c * scale) * xsum[m * p.groups() + g];
       }
-      y[m * ldy + n] = static_cast<T>(acc + off);
+      y[m * ldy + n] = out_cast<O>(acc + off);
     }
 }
 
@@ -162,9 +166,9 @@ inline __m512 offset_term(const Problem& p, int64_t n, const float* xs, float c)
 // unpacked once for all MB rows; MB * NB independent accumulators keep the FMA units busy (one chain would
 // wait on its own latency every chunk). Every accumulator sees the chunks in the same order whatever MB and
 // NB are, so tails (fewer rows) round exactly as full tiles do.
-template <int MB, int NB, int BITS>
+template <int MB, int NB, int BITS, typename O>
 void tile_bf16(const c10::BFloat16* x, int64_t ldx, const float* xsum, const Problem& p, int64_t n,
-               c10::BFloat16* y, int64_t ldy, __m512i table) {
+               O* y, int64_t ldy, __m512i table) {
   __m512 acc[MB][NB];
   for (int m = 0; m < MB; ++m)
     for (int j = 0; j < NB; ++j) acc[m][j] = _mm512_setzero_ps();
@@ -188,7 +192,7 @@ void tile_bf16(const c10::BFloat16* x, int64_t ldx, const float* xsum, const Pro
   for (int m = 0; m < MB; ++m)
     for (int j = 0; j < NB; ++j) {
       __m512 off = offset_term(p, n + j, xsum + m * p.groups(), p.centre());
-      y[m * ldy + n + j] = c10::BFloat16(_mm512_reduce_add_ps(_mm512_add_ps(acc[m][j], off)));
+      y[m * ldy + n + j] = out_cast<O>(_mm512_reduce_add_ps(_mm512_add_ps(acc[m][j], off)));
     }
 }
 
@@ -210,9 +214,9 @@ inline __m512i nibble_bf16(__m512i words, int shift) {  // ((w >> shift) & 0xF) 
   return _mm512_ternarylogic_epi32(v, _mm512_set1_epi16(0xF), _mm512_set1_epi16(0x4300), 0xEA);  // (A & B) | C
 }
 
-template <int MB, int NB>
+template <int MB, int NB, typename O>
 void tile_bf16_wide(const c10::BFloat16* xd, int64_t ldx, const float* xsum, const Problem& p, int64_t n,
-                    c10::BFloat16* y, int64_t ldy, __m512i scale_index) {
+                    O* y, int64_t ldy, __m512i scale_index) {
   __m512 acc[MB][NB];
   for (int m = 0; m < MB; ++m)
     for (int j = 0; j < NB; ++j) acc[m][j] = _mm512_setzero_ps();
@@ -267,7 +271,7 @@ void tile_bf16_wide(const c10::BFloat16* xd, int64_t ldx, const float* xsum, con
   for (int m = 0; m < MB; ++m)
     for (int j = 0; j < NB; ++j) {
       __m512 off = offset_term(p, n + j, xsum + m * p.groups(), OR_CENTRE);
-      y[m * ldy + n + j] = c10::BFloat16(_mm512_reduce_add_ps(_mm512_add_ps(acc[m][j], off)));
+      y[m * ldy + n + j] = out_cast<O>(_mm512_reduce_add_ps(_mm512_add_ps(acc[m][j], off)));
     }
 }
 
@@ -316,10 +320,10 @@ void tile_f32(const float* x, int64_t ldx, const float* xsum, const Problem& p, 
     }
 }
 
-template <int MB, int NB, typename T>
-void tile(const T* x, int64_t ldx, const float* xsum, const Problem& p, int64_t n, T* y, int64_t ldy,
+template <int MB, int NB, typename T, typename O>
+void tile(const T* x, int64_t ldx, const float* xsum, const Problem& p, int64_t n, O* y, int64_t ldy,
           __m512i table) {
-  if constexpr (std::is_same_v<T, float>) {
+  if constexpr (std::is_same_v<T, float>) {  // float32 activations write float32
     if (p.bits == 4) tile_f32<MB, NB, 4>(x, ldx, xsum, p, n, y, ldy);
     else tile_f32<MB, NB, 8>(x, ldx, xsum, p, n, y, ldy);
   } else {
@@ -330,8 +334,8 @@ void tile(const T* x, int64_t ldx, const float* xsum, const Problem& p, int64_t 
 }
 
 // MB rows of x against weight rows [n0, n1): NB weight rows a tile (fewer registers for float32), then the tail
-template <int MB, typename T>
-void rows_avx512(const T* x, int64_t ldx, const float* xsum, const Problem& p, int64_t n0, int64_t n1, T* y,
+template <int MB, typename T, typename O>
+void rows_avx512(const T* x, int64_t ldx, const float* xsum, const Problem& p, int64_t n0, int64_t n1, O* y,
                  int64_t ldy) {
   // weight rows a tile: as many as the registers hold (tile_bf16_wide keeps 2 * MB * NB accumulators)
   constexpr int NB = std::is_same_v<T, float> || MB > 2 ? 2 : 4;
@@ -364,9 +368,9 @@ std::vector<T> deinterleave_blocks(const T* x, int64_t ldx, int64_t rows, int64_
   return out;
 }
 
-template <typename T>
+template <typename T, typename O>
 void block_avx512(int rows, const T* x, int64_t ldx, const float* xsum, const Problem& p, int64_t n0, int64_t n1,
-                  T* y, int64_t ldy) {
+                  O* y, int64_t ldy) {
   switch (rows) {
     case 1: return rows_avx512<1>(x, ldx, xsum, p, n0, n1, y, ldy);
     case 2: return rows_avx512<2>(x, ldx, xsum, p, n0, n1, y, ldy);
@@ -386,8 +390,8 @@ bool vectorised(const Problem& p) {
 #endif
 }
 
-template <typename T>
-void run(const T* x, int64_t ldx, int64_t M, const Problem& p, T* y, int64_t N) {
+template <typename T, typename O>
+void run(const T* x, int64_t ldx, int64_t M, const Problem& p, O* y, int64_t N) {
   std::vector<float> xsum = group_sums(x, ldx, M, p);
   const bool vec = vectorised(p);
 #ifdef KS_AVX512
@@ -419,7 +423,7 @@ void run(const T* x, int64_t ldx, int64_t M, const Problem& p, T* y, int64_t N) 
 }
 
 at::Tensor quant_linear_op(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
-                           const at::Tensor& offsets, int64_t bits, int64_t group_size) {
+                           const at::Tensor& offsets, int64_t bits, int64_t group_size, bool float_out) {
   TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "x: expected [M, K] with unit column stride");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "x: float32 or bfloat16");
   TORCH_CHECK(bits == 4 || bits == 8, "bits: 4 or 8");
@@ -436,12 +440,15 @@ at::Tensor quant_linear_op(const at::Tensor& x, const at::Tensor& qweight, const
             qweight.stride(0),
             scales.stride(0), K, N, static_cast<int>(group_size), static_cast<int>(bits),
             bits == 4 && K % 64 == 0 && (group_size == 32 || group_size % 64 == 0)};
-  at::Tensor y = at::empty({M, N}, x.options());
+  at::Tensor y = at::empty({M, N}, x.options().dtype(float_out ? at::kFloat : x.scalar_type()));
   if (M == 0 || N == 0) return y;
   if (x.scalar_type() == at::kFloat)
     run(x.data_ptr<float>(), x.stride(0), M, p, y.data_ptr<float>(), N);
   else
-    run(x.data_ptr<c10::BFloat16>(), x.stride(0), M, p, y.data_ptr<c10::BFloat16>(), N);
+    if (float_out)
+      run(x.data_ptr<c10::BFloat16>(), x.stride(0), M, p, y.data_ptr<float>(), N);
+    else
+      run(x.data_ptr<c10::BFloat16>(), x.stride(0), M, p, y.data_ptr<c10::BFloat16>(), N);
   return y;
 }
 
@@ -457,12 +464,13 @@ bool has_avx512() {
 
 at::Tensor ks::quant_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                             const at::Tensor& offsets, int64_t bits, int64_t group_size) {
-  return quant_linear_op(x, qweight, scales, offsets, bits, group_size);
+  return quant_linear_op(x, qweight, scales, offsets, bits, group_size, false);
 }
 
 TORCH_LIBRARY_FRAGMENT(kernelserve, m) {
-  m.def("quant_linear(Tensor x, Tensor qweight, Tensor scales, Tensor offsets, int bits, int group_size) -> Tensor");
+  m.def("quant_linear(Tensor x, Tensor qweight, Tensor scales, Tensor offsets, int bits, int group_size, "
+        "bool float_out=False) -> Tensor");
   m.def("vectorised() -> bool", &has_avx512);
 }
 
-TORCH_LIBRARY_IMPL(kernelserve, CPU, m) { m.impl("quant_linear", &ks::quant_linear); }
+TORCH_LIBRARY_IMPL(kernelserve, CPU, m) { m.impl("quant_linear", &quant_linear_op); }

@@ -196,3 +196,20 @@ def test_a_built_library_is_reused_and_a_missing_compiler_falls_back(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "torch.Size([2, 8])" in done.stdout
     assert done.stderr.count("CPU kernels unavailable") == 1
+
+
+@pytest.mark.parametrize("bits, group, k", [(4, 32, 576), (4, 32, 96), (4, 128, 512), (8, 32, 576)])
+def test_quant_gemm_activations_with_outliers(bits, group, k):
+    """Real hidden states have a few features hundreds of times the rest and a common offset: the dot's
+    partial sums must stay small (codes centred near zero), or float32 accumulation loses the signal. The
+    error is measured against the float64 result relative to each output row's largest |value|."""
+    g = torch.Generator().manual_seed(k + bits)
+    qw = random_quantized(64, k, bits, group, "cpu", g)
+    x = torch.randn(5, k, generator=g) + 2.0
+    x[:, 7] = 400.0
+    x[:, k // 2] = -250.0
+    x = x.bfloat16()
+    got = gemm(x, qw).double()
+    expected = expected_f64(x, qw, None, None)
+    rel = (got - expected).abs().amax(-1) / expected.abs().amax(-1)
+    assert float(rel.max()) < 2 * 2.0 ** -8  # the bf16 output's own rounding, twice

@@ -54,11 +54,12 @@ def decode_steps(model, fused: bool, steps: int = 4):
 
 
 def assert_fused_equals_python(model):
-    packs = model._fused_decode_packs(torch.zeros(1, dtype=next(model.parameters()).dtype),
-                                      step_metadata(PagedCache(model.cfg, 1, 16), [], [(0, 0)]), [None])
-    assert all(p is not None for p in packs)  # every layer runs fused
-    fused, fused_cache = decode_steps(model, True)
-    python, python_cache = decode_steps(model, False)
+    with kernels.trusted_calls():  # as the engine serves (checked calls run the Python layers)
+        packs = model._fused_decode_packs(torch.zeros(1, dtype=next(model.parameters()).dtype),
+                                          step_metadata(PagedCache(model.cfg, 1, 16), [], [(0, 0)]), [None])
+        assert all(p is not None for p in packs)  # every layer runs fused
+        fused, fused_cache = decode_steps(model, True)
+        python, python_cache = decode_steps(model, False)
     for a, b in zip(fused, python):
         assert torch.equal(a, b)
     for (ka, va), (kb, vb) in zip(fused_cache, python_cache):
@@ -76,6 +77,13 @@ def test_fused_decode_layer_on_the_shipped_gguf(smollm_path):
     model = load_model("HuggingFaceTB/SmolLM2-135M-Instruct", dtype="auto").model
     assert isinstance(model, LlamaForCausalLM)
     assert_fused_equals_python(model)
+
+
+def test_checked_calls_run_the_python_layers(folder):
+    """Outside trusted calls (warm-up, direct use) the launchers check their arguments: no fused layer then."""
+    model = load_model(folder, dtype="float32").model
+    meta = step_metadata(PagedCache(model.cfg, 1, 16), [], [(0, 0)])
+    assert model._fused_decode_packs(torch.zeros(1), meta, [None]) == [None] * len(model.model.layers)
 
 
 def test_layers_the_fused_path_cannot_run_fall_back_one_by_one(folder):

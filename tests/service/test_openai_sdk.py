@@ -11,7 +11,9 @@ import pytest
 from ..conftest import MINILM, SMOLLM
 
 pytestmark = pytest.mark.slow
-CHAT = [{"role": "user", "content": "What is the capital of France?"}]
+# "What is the capital of France?" sits on a near tie for SmolLM2-135M ("The" vs "L'", 0.08 apart in float32
+# logits): bf16 rounding decides it either way. This wording answers "Paris" in float32 and bf16 alike.
+CHAT = [{"role": "user", "content": "Which city is the capital of France?"}]
 
 
 def test_models_list(client):
