@@ -162,6 +162,23 @@ inline __m512 offset_term(const Problem& p, int64_t n, const float* xs, float c)
   return acc;
 }
 
+template <int MB, int NB>
+inline void zero_tile(__m512 (&acc)[MB][NB]) {
+  for (int m = 0; m < MB; ++m)
+    for (int j = 0; j < NB; ++j) acc[m][j] = _mm512_setzero_ps();
+}
+
+// each accumulator's 16 lanes summed (one fixed order) with the row's offset term, written out
+template <int MB, int NB, typename O>
+inline void store_tile(__m512 (&acc)[MB][NB], const Problem& p, int64_t n, const float* xsum, float centre, O* y,
+                       int64_t ldy) {
+  for (int m = 0; m < MB; ++m)
+    for (int j = 0; j < NB; ++j) {
+      __m512 off = offset_term(p, n + j, xsum + m * p.groups(), centre);
+      y[m * ldy + n + j] = out_cast<O>(_mm512_reduce_add_ps(_mm512_add_ps(acc[m][j], off)));
+    }
+}
+
 // One tile: MB activation rows against NB weight rows starting at n. Each 32-column chunk of a weight row is
 // unpacked once for all MB rows; MB * NB independent accumulators keep the FMA units busy (one chain would
 // wait on its own latency every chunk). Every accumulator sees the chunks in the same order whatever MB and
@@ -170,8 +187,7 @@ template <int MB, int NB, int BITS, typename O>
 void tile_bf16(const c10::BFloat16* x, int64_t ldx, const float* xsum, const Problem& p, int64_t n,
                O* y, int64_t ldy, __m512i table) {
   __m512 acc[MB][NB];
-  for (int m = 0; m < MB; ++m)
-    for (int j = 0; j < NB; ++j) acc[m][j] = _mm512_setzero_ps();
+  zero_tile<MB, NB>(acc);
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t k = 0; k < p.K; k += CHUNK) {
     const int64_t g = k / p.group;
@@ -189,11 +205,7 @@ void tile_bf16(const c10::BFloat16* x, int64_t ldx, const float* xsum, const Pro
                                     acc[m][j]);
     }
   }
-  for (int m = 0; m < MB; ++m)
-    for (int j = 0; j < NB; ++j) {
-      __m512 off = offset_term(p, n + j, xsum + m * p.groups(), p.centre());
-      y[m * ldy + n + j] = out_cast<O>(_mm512_reduce_add_ps(_mm512_add_ps(acc[m][j], off)));
-    }
+  store_tile<MB, NB>(acc, p, n, xsum, p.centre(), y, ldy);
 }
 
 // 4-bit codes with bf16 activations, K a multiple of 64: no shuffles to unpack. The bf16 number with bits
@@ -218,8 +230,7 @@ template <int MB, int NB, typename O>
 void tile_bf16_wide(const c10::BFloat16* xd, int64_t ldx, const float* xsum, const Problem& p, int64_t n,
                     O* y, int64_t ldy, __m512i scale_index) {
   __m512 acc[MB][NB];
-  for (int m = 0; m < MB; ++m)
-    for (int j = 0; j < NB; ++j) acc[m][j] = _mm512_setzero_ps();
+  zero_tile<MB, NB>(acc);
   const __m512 zero = _mm512_setzero_ps();
   // scales of the (up to 4) groups a 128-column block touches, spread to their lanes
   const int block_groups = p.group >= 128 ? 1 : 128 / p.group;
@@ -268,11 +279,7 @@ void tile_bf16_wide(const c10::BFloat16* xd, int64_t ldx, const float* xsum, con
       }
     }
   }
-  for (int m = 0; m < MB; ++m)
-    for (int j = 0; j < NB; ++j) {
-      __m512 off = offset_term(p, n + j, xsum + m * p.groups(), OR_CENTRE);
-      y[m * ldy + n + j] = out_cast<O>(_mm512_reduce_add_ps(_mm512_add_ps(acc[m][j], off)));
-    }
+  store_tile<MB, NB>(acc, p, n, xsum, OR_CENTRE, y, ldy);
 }
 
 // lane l of a 128-column block's dot sums columns 8l..8l+7: its group within the block is 8l / group_size
@@ -287,8 +294,7 @@ inline __m512i block_scale_index(int group) {
 template <int MB, int NB, int BITS>
 void tile_f32(const float* x, int64_t ldx, const float* xsum, const Problem& p, int64_t n, float* y, int64_t ldy) {
   __m512 acc[MB][NB];
-  for (int m = 0; m < MB; ++m)
-    for (int j = 0; j < NB; ++j) acc[m][j] = _mm512_setzero_ps();
+  zero_tile<MB, NB>(acc);
   const __m512 centre = _mm512_set1_ps(p.centre());
   for (int64_t k = 0; k < p.K; k += CHUNK) {
     const int64_t g = k / p.group;
@@ -313,11 +319,7 @@ void tile_f32(const float* x, int64_t ldx, const float* xsum, const Problem& p, 
         acc[m][j] = _mm512_fmadd_ps(_mm512_fmadd_ps(w1[j], x1, _mm512_mul_ps(w0[j], x0)), scale[j], acc[m][j]);
     }
   }
-  for (int m = 0; m < MB; ++m)
-    for (int j = 0; j < NB; ++j) {
-      __m512 off = offset_term(p, n + j, xsum + m * p.groups(), p.centre());
-      y[m * ldy + n + j] = _mm512_reduce_add_ps(_mm512_add_ps(acc[m][j], off));
-    }
+  store_tile<MB, NB>(acc, p, n, xsum, p.centre(), y, ldy);
 }
 
 template <int MB, int NB, typename T, typename O>

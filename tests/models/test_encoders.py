@@ -82,8 +82,9 @@ def test_cross_encoder_batched_equals_one_by_one(cross_encoder):
     batch = engine.embed_now(inputs)
     single = torch.cat([engine.embed_now([x]) for x in inputs])
     # float32 GEMMs on the CPU block differently by row count (last bits of a logit); the head's rescaled
-    # output layer (std 2) turns those into ~1e-5 of a sigmoid score
-    torch.testing.assert_close(batch, single, atol=5e-5, rtol=0)
+    # output layer (std 2) turns those into ~1e-5 of a sigmoid score, up to 5.3e-5 seen on a fresh install:
+    # the bound is the one the scores meet against CrossEncoder itself (test above)
+    torch.testing.assert_close(batch, single, atol=1e-4, rtol=0)
 
 
 def test_pair_special_tokens(cross_encoder):
