@@ -177,7 +177,7 @@ def _two_gemm_ffn(gemm, x, w_gate_up, w_down, activation: str) -> torch.Tensor:
 
 
 def _cpp_elementwise(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and not use_triton(x) and compile_keys.active() is None and _cpu.available()
+    return x.device.type == "cpu" and not use_triton(x) and cpu_kernels_available()
 
 
 def act_and_mul(gate_up: torch.Tensor, activation: str = "silu") -> torch.Tensor:

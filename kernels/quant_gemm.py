@@ -286,7 +286,8 @@ def uses_cpu_kernel(qw: QuantizedWeight, dtype: torch.dtype) -> bool:
     multiple of 32 columns, float32 or bfloat16)."""
     from . import cpu
 
-    return dtype in (torch.float32, torch.bfloat16) and qw.group_size % 32 == 0 and cpu.vectorised()
+    return (qw.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and qw.group_size % 32 == 0
+            and cpu.vectorised())
 
 
 def _cpu_layout(qw: QuantizedWeight, dtype: torch.dtype) -> list:
