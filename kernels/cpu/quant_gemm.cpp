@@ -50,10 +50,13 @@ struct Problem {
   const void* offsets;
   bool half;  // scales/offsets are float16
   int64_t ldq, lds;  // row strides of codes (bytes) and of scales/offsets (elements)
-  int64_t K, N;
+  int64_t K;
   int group, bits;
   bool wide;  // 4-bit, K a multiple of 64, groups of 32 or of a multiple of 64: tile_bf16_wide
+  int group_shift;  // log2(group) when a power of two (every GGUF and RTN group), else -1
   int64_t groups() const { return K / group; }
+  // the group of column k: a shift, not a division, in the inner loops
+  int64_t group_of(int64_t k) const { return group_shift >= 0 ? k >> group_shift : k / group; }
   float centre() const { return bits == 4 ? 8.0f : 128.0f; }
   float at(const void* base, int64_t i) const {
     return half ? c10::detail::fp16_ieee_to_fp32_value(static_cast<const uint16_t*>(base)[i])
@@ -139,8 +142,10 @@ inline __m512i unpack8_bf16(const uint8_t* src) {
   return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));
 }
 
-inline __m512 dot_bf16(__m512 acc, __m512i w, const c10::BFloat16* x) {
-  return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh>(w), reinterpret_cast<__m512bh>(_mm512_loadu_si512(x)));
+// scale[n, g] as float32 (F16C's conversion where float16)
+inline float scale_at(const Problem& p, int64_t n, int64_t g) {
+  const int64_t i = n * p.lds + g;
+  return p.half ? _cvtsh_ss(static_cast<const uint16_t*>(p.scales)[i]) : static_cast<const float*>(p.scales)[i];
 }
 
 // up to 16 scales or offsets starting at element i, as float32 (lanes outside the mask 0)
@@ -149,34 +154,56 @@ inline __m512 load_params(const Problem& p, const void* base, int64_t i, __mmask
   return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(base) + i);
 }
 
-// sum_g (offset + c * scale) * xsum[g] over weight row n, 16 groups a step (masked tail)
-inline __m512 offset_term(const Problem& p, int64_t n, const float* xs, float c) {
-  const int64_t groups = p.groups(), row = n * p.lds;
-  __m512 acc = _mm512_setzero_ps();
-  const __m512 vc = _mm512_set1_ps(c);
-  for (int64_t g = 0; g < groups; g += 16) {
-    __mmask16 m = groups - g >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (groups - g)) - 1);
-    __m512 o = load_params(p, p.offsets, row + g, m), s = load_params(p, p.scales, row + g, m);
-    acc = _mm512_fmadd_ps(_mm512_fmadd_ps(vc, s, o), _mm512_maskz_loadu_ps(m, xs + g), acc);
-  }
-  return acc;
-}
-
 template <int MB, int NB>
 inline void zero_tile(__m512 (&acc)[MB][NB]) {
   for (int m = 0; m < MB; ++m)
     for (int j = 0; j < NB; ++j) acc[m][j] = _mm512_setzero_ps();
 }
 
-// each accumulator's 16 lanes summed (one fixed order) with the row's offset term, written out
+// acc[m][j] += (offset + c * scale)[n + j, g] * xsum[m, g], lane g % 16 (16 groups a step, masked tail): each
+// weight row's factor is built once for all MB rows
+template <int MB, int NB>
+inline void add_offset_terms(__m512 (&acc)[MB][NB], const Problem& p, int64_t n, const float* xsum, float c) {
+  const int64_t groups = p.groups();
+  const __m512 vc = _mm512_set1_ps(c);
+  for (int64_t g = 0; g < groups; g += 16) {
+    const __mmask16 mask = groups - g >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (groups - g)) - 1);
+    __m512 xs[MB];
+    for (int m = 0; m < MB; ++m) xs[m] = _mm512_maskz_loadu_ps(mask, xsum + m * groups + g);
+    for (int j = 0; j < NB; ++j) {
+      const int64_t row = (n + j) * p.lds + g;
+      const __m512 factor = _mm512_fmadd_ps(vc, load_params(p, p.scales, row, mask), load_params(p, p.offsets, row, mask));
+      for (int m = 0; m < MB; ++m) acc[m][j] = _mm512_fmadd_ps(factor, xs[m], acc[m][j]);
+    }
+  }
+}
+
+// The lane sums of four accumulators, [a, b, c, d], with one tree for every accumulator whichever slot it takes:
+// lanes i + 8 onto i, then i + 4, then the 4 lanes of each quarter in pairs.
+inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  // _mm512_shuffle_f32x4 picks 128-bit quarters: 0x44 -> [a0 a1 b0 b1], 0xEE -> [a2 a3 b2 b3]
+  const __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+  const __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
+  // 0x88 -> [ab0 ab2 cd0 cd2], 0xDD -> [ab1 ab3 cd1 cd3]: quarter q now holds accumulator q's 4 partial sums
+  __m512 s = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
+  s = _mm512_add_ps(s, _mm512_permute_ps(s, 0x4E));  // lanes (0 + 2, 1 + 3) of each quarter
+  s = _mm512_add_ps(s, _mm512_permute_ps(s, 0xB1));  // (0 + 2) + (1 + 3)
+  return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), s));
+}
+
+// each accumulator plus its offset term, summed over its lanes four accumulators at a time, written out
 template <int MB, int NB, typename O>
 inline void store_tile(__m512 (&acc)[MB][NB], const Problem& p, int64_t n, const float* xsum, float centre, O* y,
                        int64_t ldy) {
-  for (int m = 0; m < MB; ++m)
-    for (int j = 0; j < NB; ++j) {
-      __m512 off = offset_term(p, n + j, xsum + m * p.groups(), centre);
-      y[m * ldy + n + j] = out_cast<O>(_mm512_reduce_add_ps(_mm512_add_ps(acc[m][j], off)));
-    }
+  add_offset_terms<MB, NB>(acc, p, n, xsum, centre);
+  constexpr int T = MB * NB;
+  const __m512 zero = _mm512_setzero_ps();
+  auto slot = [&](int t) { return t < T ? acc[t / NB][t % NB] : zero; };  // row-major order; zeros past the end
+  for (int t = 0; t < T; t += 4) {
+    alignas(16) float sums[4];
+    _mm_store_ps(sums, reduce4(slot(t), slot(t + 1), slot(t + 2), slot(t + 3)));
+    for (int i = 0; i < 4 && t + i < T; ++i) y[(t + i) / NB * ldy + n + (t + i) % NB] = out_cast<O>(sums[i]);
+  }
 }
 
 // One tile: MB activation rows against NB weight rows starting at n. Each 32-column chunk of a weight row is
@@ -190,13 +217,13 @@ void tile_bf16(const c10::BFloat16* x, int64_t ldx, const float* xsum, const Pro
   zero_tile<MB, NB>(acc);
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t k = 0; k < p.K; k += CHUNK) {
-    const int64_t g = k / p.group;
+    const int64_t g = p.group_of(k);
     __m512i w[NB];
     __m512 scale[NB];
     for (int j = 0; j < NB; ++j) {
       const uint8_t* row = p.q + (n + j) * p.ldq;
       w[j] = BITS == 4 ? unpack4_bf16(row + k / 2, table) : unpack8_bf16(row + k);
-      scale[j] = _mm512_set1_ps(p.scale(n + j, g));
+      scale[j] = _mm512_set1_ps(scale_at(p, n + j, g));
     }
     for (int m = 0; m < MB; ++m) {
       const __m512bh xv = reinterpret_cast<__m512bh>(_mm512_loadu_si512(x + m * ldx + k));
@@ -237,7 +264,7 @@ void tile_bf16_wide(const c10::BFloat16* xd, int64_t ldx, const float* xsum, con
   const __mmask16 scale_mask = static_cast<__mmask16>((1u << block_groups) - 1);
   int64_t k = 0;
   for (; k + 4 * CHUNK <= p.K; k += 4 * CHUNK) {
-    const int64_t g = k / p.group;
+    const int64_t g = p.group_of(k);
     __m512i w[NB];
     __m512 scale[NB];
     for (int j = 0; j < NB; ++j) {
@@ -260,14 +287,14 @@ void tile_bf16_wide(const c10::BFloat16* xd, int64_t ldx, const float* xsum, con
       for (int j = 0; j < NB; ++j) acc[m][j] = _mm512_fmadd_ps(dot[m][j], scale[j], acc[m][j]);
   }
   if (k < p.K) {  // 64 columns left
-    const int64_t g0 = k / p.group, g1 = (k + CHUNK) / p.group;
+    const int64_t g0 = p.group_of(k), g1 = p.group_of(k + CHUNK);
     __m512i lo[NB], hi[NB];
     __m512 scale[NB];
     for (int j = 0; j < NB; ++j) {
       __m512i b = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.q + (n + j) * p.ldq + k / 2)));
       lo[j] = nibble_bf16(b, 0);
       hi[j] = nibble_bf16(b, 4);
-      scale[j] = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(p.scale(n + j, g0)), _mm512_set1_ps(p.scale(n + j, g1)));
+      scale[j] = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(scale_at(p, n + j, g0)), _mm512_set1_ps(scale_at(p, n + j, g1)));
     }
     for (int m = 0; m < MB; ++m) {
       const __m512bh xe = reinterpret_cast<__m512bh>(_mm512_loadu_si512(xd + m * ldx + k));
@@ -297,7 +324,7 @@ void tile_f32(const float* x, int64_t ldx, const float* xsum, const Problem& p, 
   zero_tile<MB, NB>(acc);
   const __m512 centre = _mm512_set1_ps(p.centre());
   for (int64_t k = 0; k < p.K; k += CHUNK) {
-    const int64_t g = k / p.group;
+    const int64_t g = p.group_of(k);
     __m512 w0[NB], w1[NB], scale[NB];
     for (int j = 0; j < NB; ++j) {
       const uint8_t* row = p.q + (n + j) * p.ldq;
@@ -311,7 +338,7 @@ void tile_f32(const float* x, int64_t ldx, const float* xsum, const Problem& p, 
         w1[j] = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
                                   _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k + 16)))), centre);
       }
-      scale[j] = _mm512_set1_ps(p.scale(n + j, g));
+      scale[j] = _mm512_set1_ps(scale_at(p, n + j, g));
     }
     for (int m = 0; m < MB; ++m) {
       const __m512 x0 = _mm512_loadu_ps(x + m * ldx + k), x1 = _mm512_loadu_ps(x + m * ldx + k + 16);
@@ -440,8 +467,9 @@ at::Tensor quant_linear_op(const at::Tensor& x, const at::Tensor& qweight, const
   TORCH_CHECK(scales.size(0) == N && scales.size(1) == K / group_size, "scales: expected [N, K / group_size]");
   Problem p{qweight.data_ptr<uint8_t>(), scales.data_ptr(), offsets.data_ptr(), scales.scalar_type() == at::kHalf,
             qweight.stride(0),
-            scales.stride(0), K, N, static_cast<int>(group_size), static_cast<int>(bits),
-            bits == 4 && K % 64 == 0 && (group_size == 32 || group_size % 64 == 0)};
+            scales.stride(0), K, static_cast<int>(group_size), static_cast<int>(bits),
+            bits == 4 && K % 64 == 0 && (group_size == 32 || group_size % 64 == 0),
+            (group_size & (group_size - 1)) == 0 ? __builtin_ctzll(group_size) : -1};
   at::Tensor y = at::empty({M, N}, x.options().dtype(float_out ? at::kFloat : x.scalar_type()));
   if (M == 0 || N == 0) return y;
   if (x.scalar_type() == at::kFloat)
