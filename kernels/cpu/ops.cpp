@@ -210,35 +210,48 @@ at::Tensor act_and_mul(const at::Tensor& gate_up, const std::string& activation)
 // One query per sequence. For each (sequence, KV head) the group's G query heads score every visible key once
 // (float32), softmax in float32, then the weighted sum of values. Keys behind a sliding window (left > = 0) and
 // cache blocks whose index is out of range are skipped; softcap > 0 maps s to softcap * tanh(s / softcap).
+// Per-thread buffers of decode_one, reused across the pairs a thread takes.
+struct DecodeScratch {
+  std::vector<float> scores, q, acc, totals;
+  std::vector<int64_t> rows;  // element offset of each visible key's row in the caches; -1 where skipped
+};
+
 template <typename T>
 void decode_one(const T* q, int64_t q_stride_h, const T* kc, const T* vc, int64_t nb, int64_t bs, int64_t hkv,
                 int64_t d, const int32_t* table, int64_t max_blocks, int64_t ctx, int64_t head, int64_t group,
-                float scale, int64_t left, float softcap, T* out, int64_t out_stride_h, std::vector<float>& scores) {
+                float scale, int64_t left, float softcap, T* out, int64_t out_stride_h, DecodeScratch& w) {
   const int64_t first = left >= 0 ? std::max<int64_t>(0, ctx - 1 - left) : 0;
   const int64_t span = std::max<int64_t>(0, ctx - first);
-  scores.assign(group * std::max<int64_t>(span, 1), -std::numeric_limits<float>::infinity());
-  auto key_row = [&](const T* cache, int64_t t) -> const T* {
-    const int64_t b = t / bs < max_blocks ? table[t / bs] : -1;
-    if (b < 0 || b >= nb) return nullptr;
-    return cache + ((b * bs + t % bs) * hkv + head) * d;
-  };
-  for (int64_t t = first; t < ctx; ++t) {
-    const T* k = key_row(kc, t);
-    if (!k) continue;
+  // rows resolved once, a block at a time (no division a key)
+  w.rows.assign(span, -1);
+  for (int64_t blk = first / bs; blk * bs < ctx; ++blk) {
+    const int64_t b = blk < max_blocks ? table[blk] : -1;
+    if (b < 0 || b >= nb) continue;
+    const int64_t t0 = std::max(first, blk * bs), t1 = std::min(ctx, (blk + 1) * bs);
+    for (int64_t t = t0; t < t1; ++t) w.rows[t - first] = ((b * bs + t - blk * bs) * hkv + head) * d;
+  }
+  // the group's queries as float32, scale folded in (as the reference scales the scores: q.k * scale)
+  w.q.resize(group * d);
+  for (int64_t g = 0; g < group; ++g)
+    for (int64_t j = 0; j < d; ++j) w.q[g * d + j] = ks::to_float(q[g * q_stride_h + j]);
+  w.scores.assign(group * std::max<int64_t>(span, 1), -std::numeric_limits<float>::infinity());
+  for (int64_t i = 0; i < span; ++i) {
+    if (w.rows[i] < 0) continue;
+    const T* k = kc + w.rows[i];
     for (int64_t g = 0; g < group; ++g) {
-      float s = ks::dot(q + g * q_stride_h, k, d) * scale;
+      float s = ks::dot(w.q.data() + g * d, k, d) * scale;
       if (softcap > 0) s = softcap * std::tanh(s / softcap);
-      scores[g * span + (t - first)] = s;
+      w.scores[g * span + i] = s;
     }
   }
-  std::vector<float> acc(d);
+  // softmax of each head's scores (unnormalised; 1 / total applied at the end), then sum_t p[g, t] v[t]
+  w.totals.assign(group, 0.f);  // 0: no visible key
   for (int64_t g = 0; g < group; ++g) {
-    float* s = scores.data() + g * span;
+    float* s = w.scores.data() + g * span;
     float m = -std::numeric_limits<float>::infinity();
     for (int64_t i = 0; i < span; ++i) m = std::max(m, s[i]);
-    T* o = out + g * out_stride_h;
     if (m == -std::numeric_limits<float>::infinity()) {  // no visible key: zeros, as the reference
-      for (int64_t j = 0; j < d; ++j) o[j] = ks::from_float<T>(0.f);
+      for (int64_t i = 0; i < span; ++i) s[i] = 0.f;
       continue;
     }
     float total = 0.f;
@@ -252,18 +265,27 @@ void decode_one(const T* q, int64_t q_stride_h, const T* kc, const T* vc, int64_
       s[i] = std::exp(s[i] - m);
       total += s[i];
     }
-    std::fill(acc.begin(), acc.end(), 0.f);
-    for (int64_t t = first; t < ctx; ++t) {
-      const float p = s[t - first];
-      const T* v = p != 0.f ? key_row(vc, t) : nullptr;
-      if (!v) continue;
-      const vec pv = ks::splat(p);
-      int64_t j = 0;
-      for (; j + ks::LANES <= d; j += ks::LANES) ks::store(acc.data() + j, ks::fma(pv, ks::load(v + j), ks::load(acc.data() + j)));
-      for (; j < d; ++j) acc[j] += p * ks::to_float(v[j]);
+    w.totals[g] = total;
+  }
+  w.acc.assign(group * d, 0.f);
+  for (int64_t i = 0; i < span; ++i) {
+    if (w.rows[i] < 0) continue;
+    const T* v = vc + w.rows[i];
+    int64_t j = 0;
+    for (; j + ks::LANES <= d; j += ks::LANES) {  // each value row converted once, used by every head of the group
+      const vec vv = ks::load(v + j);
+      for (int64_t g = 0; g < group; ++g) {
+        float* a = w.acc.data() + g * d + j;
+        ks::store(a, ks::fma(ks::splat(w.scores[g * span + i]), vv, ks::load(a)));
+      }
     }
-    const float inv = 1.f / total;
-    for (int64_t j = 0; j < d; ++j) o[j] = ks::from_float<T>(acc[j] * inv);
+    for (; j < d; ++j)
+      for (int64_t g = 0; g < group; ++g) w.acc[g * d + j] += w.scores[g * span + i] * ks::to_float(v[j]);
+  }
+  for (int64_t g = 0; g < group; ++g) {
+    T* o = out + g * out_stride_h;
+    const float inv = w.totals[g] > 0.f ? 1.f / w.totals[g] : 0.f;
+    for (int64_t j = 0; j < d; ++j) o[j] = ks::from_float<T>(w.acc[g * d + j] * inv);
   }
 }
 
@@ -281,13 +303,13 @@ void decode_all(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor
   const int32_t* lens = seq_lens.data_ptr<int32_t>();
   T* op = out.data_ptr<T>();
   at::parallel_for(0, q.size(0) * hkv, 1, [&](int64_t p0, int64_t p1) {
-    std::vector<float> scores;
+    DecodeScratch scratch;
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t b = p / hkv, head = p % hkv;
       decode_one<T>(qp + b * q.stride(0) + head * group * q.stride(1), q.stride(1), kc, vc, nb, bs, hkv, d,
                     tables + b * block_tables.stride(0), max_blocks, std::max<int64_t>(0, lens[b]), head, group,
                     static_cast<float>(scale), window_left, static_cast<float>(softcap),
-                    op + b * out.stride(0) + head * group * out.stride(1), out.stride(1), scores);
+                    op + b * out.stride(0) + head * group * out.stride(1), out.stride(1), scratch);
     }
   });
 }
