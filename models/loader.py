@@ -23,6 +23,7 @@ from .config import DecoderConfig, EncoderConfig, EncoderDecoderConfig, ModelErr
 from .cross_encoder import ForSequenceClassification, TokenPairScorer
 from .gemma import GemmaForCausalLM
 from .gpt2 import GPT2LMHeadModel
+from .huge_pages import place_in_huge_pages
 from .layers import QuantizedLinear, quantize_linears
 from .llama import LlamaForCausalLM
 from .m2m100 import M2M100ForConditionalGeneration
@@ -277,6 +278,8 @@ def load_model(source: str, *, name: str | None = None, dtype: str | torch.dtype
         _quantize_at_load(loaded, quantization)
     loaded.model.to(device).eval()
     loaded.device = torch.device(device)
+    if loaded.device.type == "cpu":
+        place_in_huge_pages(loaded.model)
     _prepare_quantized(loaded)
     return loaded
 

@@ -8,6 +8,7 @@ import torch
 
 from kernels import runs_triton, trusted_calls
 from models import AttentionMetadata, LoadedModel
+from models import huge_pages
 from models.encoder_decoder import CrossAttention
 
 from .config import GiB, EngineConfig
@@ -65,8 +66,13 @@ class ModelRunner:
         self.check_kernel_args = False
         cfg = loaded.config
         shape = (num_blocks, config.block_size, cfg.num_kv_heads, cfg.head_dim)
-        self.kv_caches = [(torch.zeros(shape, dtype=loaded.dtype, device=self.device),
-                           torch.zeros(shape, dtype=loaded.dtype, device=self.device)) for _ in range(cfg.num_layers)]
+        if self.device.type == "cpu":  # in huge pages, as the weights (models/huge_pages.py)
+            caches = huge_pages.zeros(shape, loaded.dtype, 2 * cfg.num_layers)
+            self.kv_caches = list(zip(caches[0::2], caches[1::2]))
+        else:
+            self.kv_caches = [(torch.zeros(shape, dtype=loaded.dtype, device=self.device),
+                               torch.zeros(shape, dtype=loaded.dtype, device=self.device))
+                              for _ in range(cfg.num_layers)]
         log.info("%s: KV cache of %d blocks x %d tokens (%.0f MiB)", loaded.name, num_blocks, config.block_size,
                  2 * sum(k.numel() * k.element_size() for k, _ in self.kv_caches) / 2**20)
         # encoder-decoders: each sequence's cross-attention K/V, computed once at admission
