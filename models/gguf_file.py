@@ -19,8 +19,9 @@ from .weights import NamedTensor, QuantParts
 
 log = logging.getLogger("kernelserve.models")
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "mistral", "qwen3", "qwen3moe", "phi3")
-_MODEL_TYPES = {"qwen3moe": "qwen3_moe"}  # llama.cpp's architecture name -> config.json's model_type
+SUPPORTED_ARCHS = ("llama", "qwen2", "mistral", "qwen3", "qwen3moe", "phi3", "gemma2", "gemma3")
+# llama.cpp's architecture name -> config.json's model_type
+_MODEL_TYPES = {"qwen3moe": "qwen3_moe", "gemma3": "gemma3_text"}
 
 _CONFIG_KEYS = {  # GGUF key (after "<arch>.") -> HF config key
     "context_length": "max_position_embeddings", "block_count": "num_hidden_layers",
@@ -53,6 +54,12 @@ _TENSOR_NAMES = [  # GGUF regex -> HF name
     (r"^blk\.(\d+)\.ffn_gate_exps\.weight$", r"model.layers.\1.mlp.experts.{e}.gate_proj.weight"),
     (r"^blk\.(\d+)\.ffn_up_exps\.weight$", r"model.layers.\1.mlp.experts.{e}.up_proj.weight"),
     (r"^blk\.(\d+)\.ffn_down_exps\.weight$", r"model.layers.\1.mlp.experts.{e}.down_proj.weight"),
+]
+# Gemma 2/3: four norms a layer; llama.cpp's "ffn_norm" is the pre-feedforward norm there
+_GEMMA_NAMES = [
+    (r"^blk\.(\d+)\.post_attention_norm\.weight$", r"model.layers.\1.post_attention_layernorm.weight"),
+    (r"^blk\.(\d+)\.ffn_norm\.weight$", r"model.layers.\1.pre_feedforward_layernorm.weight"),
+    (r"^blk\.(\d+)\.post_ffw_norm\.weight$", r"model.layers.\1.post_feedforward_layernorm.weight"),
 ]
 # llama3 scaling factors (recomputed from the config); Phi-3's LongRoPE factors (read into the config)
 _IGNORED = (r"^rope_freqs\.weight$", r"^rope_factors_(long|short)\.weight$")
@@ -103,7 +110,43 @@ def gguf_config(reader, path: str) -> dict:
         cfg["model_type"], cfg["num_local_experts"] = "mixtral", cfg.pop("num_experts")
     if arch == "qwen3moe":  # layers with a dense FFN instead of experts (Qwen3-MoE's mlp_only_layers)
         cfg["mlp_only_layers"] = sorted(int(n.split(".")[1]) for n in names if re.match(r"^blk\.\d+\.ffn_gate\.", n))
+    if arch in ("gemma2", "gemma3"):
+        _gemma_config(reader, arch, cfg)
     return cfg
+
+
+# layer counts of the 27B checkpoints, whose queries llama.cpp scales by hidden / heads, not head_dim
+_GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
+
+
+def _gemma_config(reader, arch: str, cfg: dict) -> None:
+    """Gemma 2 / 3 as llama.cpp's converter writes them and its loader reads them back. Its norms are stored as the
+    factor 1 + w, the form GemmaForCausalLM.after_load folds a checkpoint into (load_gguf does not call it). The
+    window on every layer
+    of the pattern (every 2nd layer global for Gemma 2, every 6th for Gemma 3, unless the file says otherwise),
+    soft-capping, the sliding layers' own rotary base (Gemma 3: 10000 unless stored), the global layers' linear
+    scaling, and the query scale llama.cpp derives from the depth (no query_pre_attn_scalar in the file)."""
+    cfg["hidden_activation"] = "gelu_pytorch_tanh"
+    cfg["head_dim"] = _field(reader, f"{arch}.attention.key_length") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    window = _field(reader, f"{arch}.attention.sliding_window", 4096 if arch == "gemma2" else 0)
+    cfg["sliding_window"] = window or None
+    pattern = _field(reader, f"{arch}.attention.sliding_window_pattern", 2 if arch == "gemma2" else 6)
+    layers = cfg["num_hidden_layers"]
+    swa = pattern if isinstance(pattern, list) else [bool(pattern == 0 or i % pattern < pattern - 1)
+                                                     for i in range(layers)]
+    cfg["layer_types"] = ["sliding_attention" if window and s else "full_attention" for s in swa]
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        value = _field(reader, f"{arch}.{key}")
+        if value:
+            cfg[key] = float(value)
+    theta = float(cfg.pop("rope_theta", 10000.0))
+    full = {"rope_type": "default", "rope_theta": theta}
+    if _field(reader, f"{arch}.rope.scaling.type") == "linear":
+        full.update(rope_type="linear", factor=float(_field(reader, f"{arch}.rope.scaling.factor")))
+    local = float(_field(reader, f"{arch}.rope.freq_base_swa", 10000.0 if arch == "gemma3" else theta))
+    cfg["rope_parameters"] = {"full_attention": full, "sliding_attention": {"rope_type": "default", "rope_theta": local}}
+    deep = layers == _GEMMA_27B_LAYERS[arch]
+    cfg["query_pre_attn_scalar"] = cfg["hidden_size"] / cfg["num_attention_heads"] if deep else cfg["head_dim"]
 
 
 def _phi3_config(reader, cfg: dict, names: set[str]) -> None:
@@ -146,6 +189,10 @@ def _hf_name(name: str, path: str, arch: str = "") -> str | None:
         return None
     if arch == "phi3" and re.match(r"^blk\.\d+\.ffn_up\.weight$", name):  # Phi-3's gate and up rows, fused
         return re.sub(r"^blk\.(\d+)\.ffn_up\.weight$", r"model.layers.\1.mlp.gate_up_proj.weight", name)
+    if arch.startswith("gemma"):
+        for pattern, repl in _GEMMA_NAMES:
+            if re.search(pattern, name):
+                return re.sub(pattern, repl, name)
     for pattern, repl in _TENSOR_NAMES:
         if re.search(pattern, name):
             return re.sub(pattern, repl, name)

@@ -22,6 +22,25 @@ NAMES = [
     (r"^model\.layers\.(\d+)\.self_attn\.qkv_proj\.weight$", r"blk.\1.attn_qkv.weight"),  # Phi-3
     (r"^model\.layers\.(\d+)\.mlp\.gate_up_proj\.weight$", r"blk.\1.ffn_up.weight"),
 ]
+# Gemma 2/3's four norms a layer (llama.cpp's ffn_norm is their pre-feedforward norm), checked before NAMES
+GEMMA_NAMES = [
+    (r"^model\.layers\.(\d+)\.post_attention_layernorm\.weight$", r"blk.\1.post_attention_norm.weight"),
+    (r"^model\.layers\.(\d+)\.pre_feedforward_layernorm\.weight$", r"blk.\1.ffn_norm.weight"),
+    (r"^model\.layers\.(\d+)\.post_feedforward_layernorm\.weight$", r"blk.\1.post_ffw_norm.weight"),
+]
+
+
+def _gemma_meta(writer, arch: str, cfg) -> None:
+    """What llama.cpp's Gemma 2/3 converters write beyond the common keys: the window, soft-capping and (Gemma 3)
+    the global layers' linear rotary scaling; the layer pattern and query scale are left to the reader's defaults."""
+    writer.add_uint32(f"{arch}.attention.sliding_window", cfg.sliding_window)
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if getattr(cfg, key, None):
+            writer.add_float32(f"{arch}.{key}", float(getattr(cfg, key)))
+    full = cfg.rope_parameters.get("full_attention", cfg.rope_parameters)
+    if full.get("rope_type") == "linear":
+        writer.add_string(f"{arch}.rope.scaling.type", "linear")
+        writer.add_float32(f"{arch}.rope.scaling.factor", float(full["factor"]))
 
 
 def write_gguf(path: str, arch: str, cfg, state: dict, tokenizer) -> None:
@@ -38,8 +57,10 @@ def write_gguf(path: str, arch: str, cfg, state: dict, tokenizer) -> None:
         meta["rope.dimension_count"] = head_dim
     for key, value in meta.items():
         writer.add_uint32(f"{arch}.{key}", int(value))
-    writer.add_float32(f"{arch}.rope.freq_base", float(cfg.rope_parameters["rope_theta"]))
-    rope = cfg.rope_parameters
+    rope = cfg.rope_parameters.get("full_attention", cfg.rope_parameters)  # Gemma 3: the global layers' base
+    writer.add_float32(f"{arch}.rope.freq_base", float(rope["rope_theta"]))
+    if arch.startswith("gemma"):
+        _gemma_meta(writer, arch, cfg)
     if arch == "phi3":  # the rotated part, the window, LongRoPE's factors as tensors and its original context
         writer.add_uint32(f"{arch}.rope.dimension_count", int(head_dim * rope.get("partial_rotary_factor", 1.0)))
         if cfg.sliding_window:
@@ -80,10 +101,15 @@ def write_gguf(path: str, arch: str, cfg, state: dict, tokenizer) -> None:
             experts.setdefault(f"blk.{found.group(1)}.ffn_{found.group(3)}_exps.weight", {})[int(found.group(2))] = \
                 tensor.float().numpy()
             continue
-        target = next((re.sub(p, r, name) for p, r in NAMES if re.match(p, name)), None)
+        if arch.startswith("gemma") and name == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue  # the converter drops Gemma's (tied) lm_head
+        table = GEMMA_NAMES + NAMES if arch.startswith("gemma") else NAMES
+        target = next((re.sub(p, r, name) for p, r in table if re.match(p, name)), None)
         if target is None:
             raise KeyError(name)
         w = tensor.float().numpy()
+        if arch.startswith("gemma") and name.endswith("norm.weight"):  # llama.cpp bakes Gemma's 1 + w into the file
+            w = w + 1
         if arch == "llama" and re.search(r"attn_[qk]\.weight$", target):  # llama.cpp interleaves rotary pairs
             heads = cfg.num_attention_heads if "attn_q" in target else cfg.num_key_value_heads
             w = w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)

@@ -234,24 +234,30 @@ def test_moe_routing_matches_transformers_token_by_token(kind, tmp_path, byte_bp
 
 
 GGUF_ARCHS = {"qwen3": ("qwen3", "qwen3"), "qwen3-moe": ("qwen3moe", "qwen3_moe"), "mixtral": ("llama", "mixtral"),
-              "phi4-mini": ("phi3", "phi3")}
+              "phi4-mini": ("phi3", "phi3"), "gemma2": ("gemma2", "gemma2"), "gemma3": ("gemma3", "gemma3_text")}
 
 
 @pytest.mark.parametrize("kind", list(GGUF_ARCHS))
 def test_gguf_in_llama_cpp_layout_loads_back(kind, tmp_path, byte_bpe_tokenizer):
-    """Qwen3, Qwen3-MoE, Mixtral and Phi-4-mini written as llama.cpp's converter writes them (q/k norms, the
-    router, experts stacked in ffn_*_exps, Mixtral as "llama" with experts and its Q/K rows permuted, Phi-3's fused
-    qkv and gate/up, LongRoPE factors as tensors, partial rotary): the same logits as transformers."""
+    """Qwen3, Qwen3-MoE, Mixtral, Phi-4-mini, Gemma 2 and Gemma 3 written as llama.cpp's converter writes them
+    (q/k norms, the router, experts stacked in ffn_*_exps, Mixtral as "llama" with experts and its Q/K rows
+    permuted, Phi-3's fused qkv and gate/up, LongRoPE factors as tensors, partial rotary; Gemma's four norms stored
+    as 1 + w, its window on llama.cpp's default layer pattern, soft-capping, Gemma 3's linear scaling on the global
+    layers only): the same logits as transformers, prompts crossing the 8-token windows."""
     from .gguf_writer import write_gguf
 
-    cfg = moe_family(kind) if kind in ("qwen3-moe", "mixtral") else llama_family(kind)
+    if kind.startswith("gemma"):  # llama.cpp scales queries by head_dim below 27B: the real 2B/1B ratio
+        cfg = gemma_family(kind)
+        cfg.query_pre_attn_scalar = cfg.head_dim
+    else:
+        cfg = moe_family(kind) if kind in ("qwen3-moe", "mixtral") else llama_family(kind)
     cfg.vocab_size = byte_bpe_tokenizer.vocab_size
     hf = save_random(cfg, tmp_path, byte_bpe_tokenizer)
     path = str(tmp_path / "model.gguf")
     gguf_arch, model_type = GGUF_ARCHS[kind]
     write_gguf(path, gguf_arch, cfg, hf.state_dict(), byte_bpe_tokenizer)
     ours = load_model(path, dtype="float32", quantization="none")
-    assert ours.config.arch == model_type and ours.config.qk_norm == kind.startswith("qwen3")
+    assert ours.config.arch == model_type and ours.config.qk_norm == kind.startswith(("qwen3", "gemma3"))
     assert ours.tokenizer.encode("Hello there") == byte_bpe_tokenizer.encode("Hello there")
     for ids in PROMPTS:
         with torch.no_grad():
