@@ -325,18 +325,19 @@ def iter_gguf_tensors(reader, path: str, cfg: dict, dtype: torch.dtype,
 
 
 def gguf_tokenizer(reader, path: str) -> Tokenizer:
-    """A byte-level BPE tokenizer (llama.cpp's ``gpt2`` type) from the GGUF vocabulary and merges."""
-    from tokenizers import AddedToken, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as HFTokenizer
+    """The GGUF's tokenizer: byte-level BPE (llama.cpp's ``gpt2`` type: vocabulary and merges) or SentencePiece BPE
+    (``llama``: Llama 2, Mistral, Mixtral, Phi-3, Gemma; vocabulary and scores)."""
+    from tokenizers import AddedToken
 
     kind = _field(reader, "tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise ModelError(f"{path}: GGUF tokenizer type {kind!r} is not supported (only byte-level BPE, 'gpt2')")
     tokens = _field(reader, "tokenizer.ggml.tokens")
-    merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges", [])]
-    backend = HFTokenizer(models.BPE(vocab={tok: i for i, tok in enumerate(tokens)}, merges=merges))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    backend.decoder = decoders.ByteLevel()
+    if kind == "gpt2":
+        backend = _byte_level_bpe(reader, tokens)
+    elif kind == "llama":
+        backend = _sentencepiece_bpe(reader, tokens)
+    else:
+        raise ModelError(f"{path}: GGUF tokenizer type {kind!r} is not supported (byte-level BPE 'gpt2' and "
+                         "SentencePiece BPE 'llama' are)")
     types = _field(reader, "tokenizer.ggml.token_type", [])
     # token types 3 (control) and 4 (user defined) are special tokens, matched before BPE
     backend.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
@@ -356,6 +357,60 @@ def gguf_tokenizer(reader, path: str) -> Tokenizer:
     specials = {"unk_token": token("tokenizer.ggml.unknown_token_id"), "pad_token": token("tokenizer.ggml.padding_token_id")}
     return Tokenizer(backend, bos, token("tokenizer.ggml.eos_token_id"),
                      _field(reader, "tokenizer.chat_template"), {k: v for k, v in specials.items() if v})
+
+
+def _byte_level_bpe(reader, tokens: list[str]):
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges", [])]
+    backend = HFTokenizer(models.BPE(vocab={tok: i for i, tok in enumerate(tokens)}, merges=merges))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    return backend
+
+
+# llama.cpp's token types (gguf.TokenType)
+_NORMAL, _UNKNOWN, _BYTE = 1, 2, 6
+
+
+def _sentencepiece_merges(tokens: list[str], scores: list[float], types: list[int]) -> list[tuple[str, str]]:
+    """SentencePiece BPE keeps no merge list: it joins the adjacent pair whose joined piece scores highest. As
+    ranked merges: every split of a normal piece into two pieces of the vocabulary, ordered by that piece's score
+    (ties by id), which is the order SentencePiece would join them in."""
+    ids = {t: i for i, t in enumerate(tokens)}
+    ranked = []
+    for i, piece in enumerate(tokens):
+        if types and types[i] != _NORMAL:
+            continue
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in ids and right in ids:
+                ranked.append((-scores[i], i, ids[left], ids[right], left, right))
+    ranked.sort()
+    return [(left, right) for *_, left, right in ranked]
+
+
+def _sentencepiece_bpe(reader, tokens: list[str]):
+    """SentencePiece BPE as llama.cpp runs it: spaces as U+2581 (with one prepended unless the file says
+    ``add_space_prefix`` false, as Gemma's do), pieces joined by score, bytes of unknown characters as <0xNN>."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, normalizers
+
+    scores = _field(reader, "tokenizer.ggml.scores") or [0.0] * len(tokens)
+    types = _field(reader, "tokenizer.ggml.token_type", [])
+    unk = _field(reader, "tokenizer.ggml.unknown_token_id")
+    unk = tokens[unk] if unk is not None and 0 <= unk < len(tokens) else next(
+        (t for t, k in zip(tokens, types) if k == _UNKNOWN), None)
+    prefix = bool(_field(reader, "tokenizer.ggml.add_space_prefix", True))
+    model = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=_sentencepiece_merges(tokens, scores, types),
+                       unk_token=unk, byte_fallback=_BYTE in types, fuse_unk=True)
+    backend = HFTokenizer(model)
+    steps = [normalizers.Prepend("\u2581")] if prefix else []
+    backend.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "\u2581")])
+    decode = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    backend.decoder = decoders.Sequence(decode + ([decoders.Strip(" ", 1, 0)] if prefix else []))
+    return backend
 
 
 def gguf_eos_ids(reader) -> list[int]:
