@@ -6,6 +6,10 @@ A full block is identified by a hash chained over the token prefix:
 keep their hash and sit in an LRU list: a later request with the same prefix
 reclaims them; allocation takes the least recently freed block first and
 forgets its hash.
+
+With a sliding window on every layer (Mistral v0.1, Phi-3), a block that every layer's window has passed is
+read by no later query: it goes back to the pool (hash kept) and its table entry becomes ``RELEASED``, a block
+index the attention kernels skip.
 """
 from __future__ import annotations
 
@@ -33,6 +37,9 @@ class NoFreeBlocks(RuntimeError):
     pass
 
 
+RELEASED = -1  # a block-table entry whose block went back behind a sliding window (attention skips it)
+
+
 @dataclass
 class BlockManager:
     num_blocks: int
@@ -43,6 +50,8 @@ class BlockManager:
     by_hash: dict[int, int] = field(init=False)
     stats: PrefixCacheStats = field(default_factory=PrefixCacheStats)
     copies: list[tuple[int, int]] = field(default_factory=list)  # (src, dst) block copies the runner owes
+    # keys a query sees behind itself in every layer (window W: W - 1); None where some layer sees them all
+    window_left: int | None = None
 
     def __post_init__(self):
         self.blocks = [Block(i) for i in range(self.num_blocks)]
@@ -54,8 +63,10 @@ class BlockManager:
         child.block_table = list(parent.block_table)
         child.block_hashes = list(parent.block_hashes)
         child.num_computed_tokens = parent.num_computed_tokens
+        child.num_released_blocks = parent.num_released_blocks
         for block_id in child.block_table:
-            self.blocks[block_id].ref_count += 1
+            if block_id != RELEASED:
+                self.blocks[block_id].ref_count += 1
 
     def take_copies(self) -> list[tuple[int, int]]:
         copies, self.copies = self.copies, []
@@ -175,20 +186,39 @@ class BlockManager:
         new = self._chain_hashes(seq.token_ids[: full * self.block_size], prev, done)
         seq.block_hashes.extend(new)
         for i, h in enumerate(new, start=done):
+            if seq.block_table[i] == RELEASED:
+                continue
             block = self.blocks[seq.block_table[i]]
             if block.hash is None and h not in self.by_hash:
                 block.hash = h
                 block.token_ids = tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size])
                 self.by_hash[h] = block.block_id
 
+    def _release(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        assert block.ref_count > 0, f"block {block_id} freed twice"
+        block.ref_count -= 1
+        if block.ref_count == 0:
+            self.free[block_id] = None
+
+    def release_behind_window(self, seq: Sequence) -> None:
+        """Return the leading blocks no later query of ``seq`` can see: queries start at position
+        ``num_computed_tokens`` and see ``window_left`` keys behind them, so block ``i`` is done once
+        ``(i + 1) * block_size <= num_computed_tokens - window_left``. The last block is always kept."""
+        if self.window_left is None:
+            return
+        done = min((seq.num_computed_tokens - self.window_left) // self.block_size, len(seq.block_table) - 1)
+        for i in range(seq.num_released_blocks, done):
+            self._release(seq.block_table[i])
+            seq.block_table[i] = RELEASED
+        seq.num_released_blocks = max(seq.num_released_blocks, done)
+
     def free_sequence(self, seq: Sequence) -> None:
         """Return every block of ``seq``; blocks nobody uses go to the LRU free list (hash kept)."""
         for block_id in reversed(seq.block_table):
-            block = self.blocks[block_id]
-            assert block.ref_count > 0, f"block {block_id} freed twice"
-            block.ref_count -= 1
-            if block.ref_count == 0:
-                self.free[block_id] = None
+            if block_id != RELEASED:
+                self._release(block_id)
         seq.block_table = []
         seq.block_hashes = []
         seq.num_computed_tokens = 0
+        seq.num_released_blocks = 0

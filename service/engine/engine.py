@@ -66,6 +66,15 @@ class EngineCounters:
     failed: int = 0  # requests failed by an error inside the engine
 
 
+def _window_left(loaded: LoadedModel) -> int | None:
+    """Keys a query sees behind itself in every layer, where every layer has a sliding window (its KV blocks
+    behind the window can go back to the pool); None where some layer attends to the whole sequence."""
+    windows = getattr(loaded.config, "layer_windows", ())
+    if loaded.is_encoder_decoder or not windows or not all(windows):
+        return None
+    return max(windows) - 1  # HF's window of W tokens: query p sees keys p - W + 1 .. p
+
+
 class LLMEngine:
     def __init__(self, loaded: LoadedModel, config: EngineConfig = EngineConfig()):
         self.loaded = loaded
@@ -74,7 +83,7 @@ class LLMEngine:
         # a decoder's cached prefix only means the same thing under the same encoder input: no prefix
         # caching for encoder-decoders (their decoder prompts all start with the same start token)
         caching = config.enable_prefix_caching and not loaded.is_encoder_decoder
-        self.block_manager = BlockManager(num_blocks, config.block_size, caching)
+        self.block_manager = BlockManager(num_blocks, config.block_size, caching, window_left=_window_left(loaded))
         self.scheduler = Scheduler(config, self.block_manager)
         limit = min(loaded.max_model_len, num_blocks * config.block_size)
         self.max_model_len = min(limit, config.max_model_len or limit)

@@ -11,6 +11,7 @@ from models import AttentionMetadata, LoadedModel
 from models import huge_pages
 from models.encoder_decoder import CrossAttention
 
+from .block_manager import RELEASED
 from .config import GiB, EngineConfig
 from .cuda_graphs import DecodeGraphs, graph_batch_sizes
 from .scheduler import SchedulerOutput
@@ -122,6 +123,12 @@ class ModelRunner:
         bs, table = self.block_size, seq.block_table
         return [table[p // bs] * bs + p % bs for p in range(start, end)]
 
+    def _read_slots(self, seq: Sequence, end: int) -> list[int]:
+        """Cache slots of positions [0, end) to read keys from. A block released behind the sliding window
+        (RELEASED) is read as block 0: those keys are behind every query's window, masked whatever they hold."""
+        bs, table = self.block_size, seq.block_table
+        return [max(table[p // bs], 0) * bs + p % bs for p in range(end)]
+
     def _metadata(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor,
                                                       list[Sequence]]:
         """The step's flat inputs, sent to the device in one copy: (token ids, positions, metadata, the
@@ -135,7 +142,7 @@ class ModelRunner:
             positions += range(c.start, c.end)
             slots += self._slots(c.seq, c.start, c.end)
             if has_prefix:  # keys are read back from the cache only when some prefix was cached
-                kv_slots += self._slots(c.seq, 0, c.end)
+                kv_slots += self._read_slots(c.seq, c.end)
             q_lens.append(c.end - c.start)
             k_lens.append(c.end)
             if c.samples:
@@ -174,7 +181,7 @@ class ModelRunner:
         for slots in slot_lists:
             if slots and not 0 <= min(slots) <= max(slots) < top:
                 raise RuntimeError(f"step inputs: a KV slot outside [0, {top})")
-        if tables and not 0 <= min(tables) <= max(tables) < self.num_blocks:
+        if tables and not RELEASED <= min(tables) <= max(tables) < self.num_blocks:  # RELEASED: skipped
             raise RuntimeError(f"step inputs: a block outside [0, {self.num_blocks})")
 
     @torch.inference_mode()

@@ -140,9 +140,11 @@ class Scheduler:
         for chunk in out.prefills:
             chunk.seq.num_computed_tokens = chunk.end
             self.blocks.commit_full_blocks(chunk.seq)
+            self.blocks.release_behind_window(chunk.seq)
         for seq in out.decodes:
             seq.num_computed_tokens = len(seq)
             self.blocks.commit_full_blocks(seq)
+            self.blocks.release_behind_window(seq)
 
     def finish(self, seq: Sequence, reason: FinishReason) -> None:
         """Retire ``seq`` (finished or aborted) and return its blocks."""

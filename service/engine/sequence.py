@@ -38,6 +38,7 @@ class Sequence:
     output_token_ids: list[int] = field(default_factory=list)
     block_table: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)  # prefix-chain hashes of its full, computed blocks
+    num_released_blocks: int = 0  # leading blocks returned behind a sliding window (their entries RELEASED)
     num_computed_tokens: int = 0  # tokens whose K/V are in the cache
     num_cached_tokens: int = 0  # of those, how many came from the prefix cache at admission
     finish_reason: FinishReason | None = None

@@ -5,7 +5,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from service.engine.block_manager import BlockManager
+from service.engine.block_manager import RELEASED, BlockManager
 from service.engine.config import EngineConfig
 from service.engine.sampling_params import SamplingParams
 from service.engine.scheduler import Scheduler
@@ -61,6 +61,68 @@ def test_whole_prompt_in_cache_still_computes_last_token():
     b = seq(range(32), "b")
     bm.allocate(b)
     assert b.num_computed_tokens == 16 and b.num_uncomputed == 16
+
+
+def test_blocks_behind_a_window_go_back_to_the_pool():
+    bm = BlockManager(8, BS, window_left=7)  # a window of 8 tokens on every layer
+    s = seq(range(40))  # 3 blocks
+    bm.allocate(s)
+    s.num_computed_tokens = 22  # later queries see keys from position 15 on: block 0 (0..15) is still needed
+    bm.release_behind_window(s)
+    assert RELEASED not in s.block_table and bm.num_free_blocks == 5
+    s.num_computed_tokens = 40  # keys from 33 on: blocks 0 and 1 are behind every window
+    kept = s.block_table[2]
+    bm.release_behind_window(s)
+    assert s.block_table == [RELEASED, RELEASED, kept] and bm.num_free_blocks == 7
+    assert s.num_released_blocks == 2
+    bm.release_behind_window(s)  # idempotent
+    assert bm.num_free_blocks == 7
+    bm.free_sequence(s)
+    assert bm.num_free_blocks == 8 and s.num_released_blocks == 0
+    assert all(b.ref_count == 0 for b in bm.blocks)
+
+
+def test_the_last_block_is_kept_and_no_window_releases_nothing():
+    bm = BlockManager(8, BS, window_left=0)  # a window of one token: only the query itself
+    s = seq(range(32))
+    bm.allocate(s)
+    s.num_computed_tokens = 32
+    bm.release_behind_window(s)
+    assert s.block_table[0] == RELEASED and s.block_table[1] != RELEASED  # block 1 is the last one
+    full = BlockManager(8, BS)
+    t = seq(range(40))
+    full.allocate(t)
+    t.num_computed_tokens = 40
+    full.release_behind_window(t)
+    assert RELEASED not in t.block_table and full.num_free_blocks == 5
+
+
+def test_forks_share_only_the_blocks_still_held():
+    bm = BlockManager(8, BS, window_left=7)
+    parent = seq(range(40), "p")
+    bm.allocate(parent)
+    parent.num_computed_tokens = 40
+    bm.release_behind_window(parent)
+    child = seq(range(40), "c")
+    bm.fork(parent, child)
+    assert child.block_table == parent.block_table and child.num_released_blocks == 2
+    assert bm.blocks[parent.block_table[2]].ref_count == 2 and bm.num_free_blocks == 7
+    bm.free_sequence(parent)
+    bm.free_sequence(child)
+    assert bm.num_free_blocks == 8
+
+
+def test_released_blocks_stay_in_the_prefix_cache():
+    bm = BlockManager(8, BS, window_left=7)
+    a = seq(range(40), "a")
+    bm.allocate(a)
+    a.num_computed_tokens = 40
+    bm.commit_full_blocks(a)
+    first_two = a.block_table[:2]
+    bm.release_behind_window(a)
+    b = seq(list(range(32)) + [500] * 5, "b")  # the same first two blocks
+    bm.allocate(b)
+    assert b.block_table[:2] == first_two and b.num_cached_tokens == 32
 
 
 def test_freed_cached_blocks_are_reused_lru():

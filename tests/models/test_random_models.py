@@ -263,3 +263,46 @@ def test_gguf_in_llama_cpp_layout_loads_back(kind, tmp_path, byte_bpe_tokenizer)
         with torch.no_grad():
             theirs = hf(torch.tensor([ids])).logits[0]
         torch.testing.assert_close(full_logits(ours.model, ids), theirs, atol=2e-4, rtol=1e-4)
+
+
+def test_window_blocks_go_back_to_the_pool_without_changing_tokens(tmp_path, byte_bpe_tokenizer):
+    """A window on every layer (Mistral-7B-v0.1, shrunk to 8 tokens): KV blocks every window has passed are
+    returned while sequences run, in decode and between the chunks of a long prompt (whose later chunks read the
+    earlier ones' keys back from the cache); greedy tokens equal an engine that keeps every block."""
+    from service.engine import EngineConfig, LLMEngine, SamplingParams
+
+    cfg = llama_family("mistral-window")
+    cfg.vocab_size = byte_bpe_tokenizer.vocab_size
+    save_random(cfg, tmp_path, byte_bpe_tokenizer)
+    loaded = load_model(str(tmp_path), dtype="float32")
+    prompts = [list(range(100, 170)), [5, 17, 912], list(range(300, 340))]  # 70 tokens: three chunks of 32
+    params = SamplingParams(max_tokens=60, temperature=0, ignore_eos=True)
+    config = EngineConfig(max_num_seqs=3, max_num_batched_tokens=32, enable_prefix_caching=True)
+
+    def peak(release: bool) -> tuple[int, int]:
+        """(blocks released at once, fewest free blocks) over a run of the same requests."""
+        engine = LLMEngine(loaded, config)
+        if not release:
+            engine.block_manager.window_left = None
+        for i, p in enumerate(prompts):
+            engine.add_request(str(i), p, params)
+        released, low_water = 0, engine.block_manager.num_free_blocks
+        while engine.has_unfinished():
+            assert all(out.error is None for out in engine.step())
+            released = max(released, sum(s.num_released_blocks for s in engine.scheduler.running))
+            low_water = min(low_water, engine.block_manager.num_free_blocks)
+        return released, low_water
+
+    # greedy tokens with and without releasing
+    keep = LLMEngine(loaded, config)
+    keep.block_manager.window_left = None
+    reference = [o[0].token_ids for o in keep.generate(prompts, params)]
+    freeing = LLMEngine(loaded, config)
+    assert freeing.block_manager.window_left == 7
+    tokens = [o[0].token_ids for o in freeing.generate(prompts, params)]
+    assert tokens == reference
+    released, low_water = peak(True)
+    kept, low_water_keep = peak(False)
+    assert kept == 0
+    assert released >= 4  # 130 tokens a sequence: ~7 blocks of 16 behind an 8-token window
+    assert low_water > low_water_keep  # fewer blocks held at the peak
