@@ -11,9 +11,11 @@ import pytest
 from ..conftest import MINILM, SMOLLM
 
 pytestmark = pytest.mark.slow
-# "What is the capital of France?" sits on a near tie for SmolLM2-135M ("The" vs "L'", 0.08 apart in float32
-# logits): bf16 rounding decides it either way. This wording answers "Paris" in float32 and bf16 alike.
-CHAT = [{"role": "user", "content": "Which city is the capital of France?"}]
+# "What is the capital of France?" and "Which city is the capital of France?" sit on near ties for SmolLM2-135M
+# ("The" vs "L'"/"Le" as the first token): the last bits of bf16 rounding decide them. This wording answers
+# "The capital of France is Paris." in float32, on the torch paths and on the C++ kernels, its first token 1.5
+# nats ahead of the next.
+CHAT = [{"role": "user", "content": "Name the capital of France."}]
 
 
 def test_models_list(client):
