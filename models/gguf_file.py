@@ -122,8 +122,8 @@ _GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
 def _gemma_config(reader, arch: str, cfg: dict) -> None:
     """Gemma 2 / 3 as llama.cpp's converter writes them and its loader reads them back. Its norms are stored as the
     factor 1 + w, the form GemmaForCausalLM.after_load folds a checkpoint into (load_gguf does not call it). The
-    window on every layer
-    of the pattern (every 2nd layer global for Gemma 2, every 6th for Gemma 3, unless the file says otherwise),
+    window on every layer of the pattern (every 2nd layer global for Gemma 2, every 6th for Gemma 3, unless the
+    file says otherwise),
     soft-capping, the sliding layers' own rotary base (Gemma 3: 10000 unless stored), the global layers' linear
     scaling, and the query scale llama.cpp derives from the depth (no query_pre_attn_scalar in the file)."""
     cfg["hidden_activation"] = "gelu_pytorch_tanh"
@@ -324,6 +324,10 @@ def iter_gguf_tensors(reader, path: str, cfg: dict, dtype: torch.dtype,
         log.info("%s: dequantised at load (not kept quantized): %s", path, ", ".join(sorted(dense_types)[:6]))
 
 
+# llama.cpp's token types (gguf.TokenType)
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _BYTE = 1, 2, 3, 4, 6
+
+
 def gguf_tokenizer(reader, path: str) -> Tokenizer:
     """The GGUF's tokenizer: byte-level BPE (llama.cpp's ``gpt2`` type: vocabulary and merges) or SentencePiece BPE
     (``llama``: Llama 2, Mistral, Mixtral, Phi-3, Gemma; vocabulary and scores)."""
@@ -331,17 +335,17 @@ def gguf_tokenizer(reader, path: str) -> Tokenizer:
 
     kind = _field(reader, "tokenizer.ggml.model")
     tokens = _field(reader, "tokenizer.ggml.tokens")
+    types = _field(reader, "tokenizer.ggml.token_type", [])
     if kind == "gpt2":
         backend = _byte_level_bpe(reader, tokens)
     elif kind == "llama":
-        backend = _sentencepiece_bpe(reader, tokens)
+        backend = _sentencepiece_bpe(reader, tokens, types)
     else:
         raise ModelError(f"{path}: GGUF tokenizer type {kind!r} is not supported (byte-level BPE 'gpt2' and "
                          "SentencePiece BPE 'llama' are)")
-    types = _field(reader, "tokenizer.ggml.token_type", [])
-    # token types 3 (control) and 4 (user defined) are special tokens, matched before BPE
+    # control and user-defined tokens are special tokens, matched before BPE
     backend.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
-                                for i, kind in enumerate(types) if kind in (3, 4)])
+                                for i, kind in enumerate(types) if kind in (_CONTROL, _USER_DEFINED)])
 
     def token(key):
         idx = _field(reader, key)
@@ -370,41 +374,38 @@ def _byte_level_bpe(reader, tokens: list[str]):
     return backend
 
 
-# llama.cpp's token types (gguf.TokenType)
-_NORMAL, _UNKNOWN, _BYTE = 1, 2, 6
 
 
-def _sentencepiece_merges(tokens: list[str], scores: list[float], types: list[int]) -> list[tuple[str, str]]:
+def _sentencepiece_merges(vocab: dict[str, int], scores: list[float], types: list[int]) -> list[tuple[str, str]]:
     """SentencePiece BPE keeps no merge list: it joins the adjacent pair whose joined piece scores highest. As
     ranked merges: every split of a normal piece into two pieces of the vocabulary, ordered by that piece's score
     (ties by id), which is the order SentencePiece would join them in."""
-    ids = {t: i for i, t in enumerate(tokens)}
     ranked = []
-    for i, piece in enumerate(tokens):
+    for piece, i in vocab.items():
         if types and types[i] != _NORMAL:
             continue
         for cut in range(1, len(piece)):
             left, right = piece[:cut], piece[cut:]
-            if left in ids and right in ids:
-                ranked.append((-scores[i], i, ids[left], ids[right], left, right))
+            if left in vocab and right in vocab:
+                ranked.append((-scores[i], i, vocab[left], vocab[right], left, right))
     ranked.sort()
     return [(left, right) for *_, left, right in ranked]
 
 
-def _sentencepiece_bpe(reader, tokens: list[str]):
+def _sentencepiece_bpe(reader, tokens: list[str], types: list[int]):
     """SentencePiece BPE as llama.cpp runs it: spaces as U+2581 (with one prepended unless the file says
     ``add_space_prefix`` false, as Gemma's do), pieces joined by score, bytes of unknown characters as <0xNN>."""
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, normalizers
 
     scores = _field(reader, "tokenizer.ggml.scores") or [0.0] * len(tokens)
-    types = _field(reader, "tokenizer.ggml.token_type", [])
     unk = _field(reader, "tokenizer.ggml.unknown_token_id")
     unk = tokens[unk] if unk is not None and 0 <= unk < len(tokens) else next(
         (t for t, k in zip(tokens, types) if k == _UNKNOWN), None)
     prefix = bool(_field(reader, "tokenizer.ggml.add_space_prefix", True))
-    model = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=_sentencepiece_merges(tokens, scores, types),
-                       unk_token=unk, byte_fallback=_BYTE in types, fuse_unk=True)
+    vocab = {t: i for i, t in enumerate(tokens)}
+    model = models.BPE(vocab=vocab, merges=_sentencepiece_merges(vocab, scores, types), unk_token=unk,
+                       byte_fallback=_BYTE in types, fuse_unk=True)
     backend = HFTokenizer(model)
     steps = [normalizers.Prepend("\u2581")] if prefix else []
     backend.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "\u2581")])

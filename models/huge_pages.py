@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import sys
@@ -53,6 +54,7 @@ def _advise(addr: int, length: int) -> bool:
     return True
 
 
+@functools.cache
 def _libc():
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -80,10 +82,10 @@ def zeros(shape: tuple[int, ...], dtype: torch.dtype, count: int) -> list[torch.
     are not available): the KV cache, read once a step by decode attention as the weights are."""
     if not enabled():
         return [torch.zeros(shape, dtype=dtype) for _ in range(count)]
-    each = -(-torch.Size(shape).numel() * dtype.itemsize // ALIGN) * ALIGN
+    nbytes = torch.Size(shape).numel() * dtype.itemsize
+    each = -(-nbytes // ALIGN) * ALIGN
     arena = huge_page_buffer(each * count).zero_()
-    return [arena[i * each:i * each + torch.Size(shape).numel() * dtype.itemsize].view(dtype).view(shape)
-            for i in range(count)]
+    return [arena[i * each:i * each + nbytes].view(dtype).view(shape) for i in range(count)]
 
 
 def _slots(module: nn.Module) -> list[tuple[nn.Module, str, bool, torch.Tensor]]:

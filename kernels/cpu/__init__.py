@@ -3,7 +3,8 @@
 The sources here are compiled on first use with ``torch.utils.cpp_extension`` for this CPU
 (``-march=native``: AVX512-BF16 where the CPU has it, a portable loop elsewhere) into
 ``$KERNELSERVE_CACHE/cpu-kernels`` (default ``~/.cache/kernelserve``); later processes load the built
-library in well under a second. ``KERNELSERVE_CPU_KERNELS=0`` keeps the plain-torch paths; a machine without a C++ compiler gets them too, with one warning.
+library in well under a second. ``KERNELSERVE_CPU_KERNELS=0`` keeps the plain-torch paths; a machine
+without a C++ compiler gets them too, with one warning.
 
 Each op has a plain-torch reference beside its launcher (``kernels/cpu/ops.py``) and the same parity
 tests as the Triton kernels (tests/kernels/test_cpu_kernels.py).

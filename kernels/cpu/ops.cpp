@@ -206,15 +206,16 @@ at::Tensor act_and_mul(const at::Tensor& gate_up, const std::string& activation)
   return y;
 }
 
-// ---- decode attention over the paged cache -------------------------------------------------------------------
-// One query per sequence. For each (sequence, KV head) the group's G query heads score every visible key once
-// (float32), softmax in float32, then the weighted sum of values. Keys behind a sliding window (left > = 0) and
-// cache blocks whose index is out of range are skipped; softcap > 0 maps s to softcap * tanh(s / softcap).
 // Per-thread buffers of decode_one, reused across the pairs a thread takes.
 struct DecodeScratch {
   std::vector<float> scores, q, acc, totals;
   std::vector<int64_t> rows;  // element offset of each visible key's row in the caches; -1 where skipped
 };
+
+// ---- decode attention over the paged cache -------------------------------------------------------------------
+// One query per sequence. For each (sequence, KV head) the group's G query heads score every visible key once
+// (float32), softmax in float32, then the weighted sum of values. Keys behind a sliding window (left > = 0) and
+// cache blocks whose index is out of range are skipped; softcap > 0 maps s to softcap * tanh(s / softcap).
 
 template <typename T>
 void decode_one(const T* q, int64_t q_stride_h, const T* kc, const T* vc, int64_t nb, int64_t bs, int64_t hkv,
@@ -230,7 +231,7 @@ void decode_one(const T* q, int64_t q_stride_h, const T* kc, const T* vc, int64_
     const int64_t t0 = std::max(first, blk * bs), t1 = std::min(ctx, (blk + 1) * bs);
     for (int64_t t = t0; t < t1; ++t) w.rows[t - first] = ((b * bs + t - blk * bs) * hkv + head) * d;
   }
-  // the group's queries as float32, scale folded in (as the reference scales the scores: q.k * scale)
+  // the group's queries as float32, converted once for every key
   w.q.resize(group * d);
   for (int64_t g = 0; g < group; ++g)
     for (int64_t j = 0; j < d; ++j) w.q[g * d + j] = ks::to_float(q[g * q_stride_h + j]);

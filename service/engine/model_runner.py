@@ -7,8 +7,7 @@ from itertools import accumulate
 import torch
 
 from kernels import runs_triton, trusted_calls
-from models import AttentionMetadata, LoadedModel
-from models import huge_pages
+from models import AttentionMetadata, LoadedModel, huge_pages
 from models.encoder_decoder import CrossAttention
 
 from .block_manager import RELEASED

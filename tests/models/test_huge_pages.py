@@ -8,7 +8,7 @@ import kernels
 from models import huge_pages
 from models.layers import QuantizedLinear
 
-pytestmark = pytest.mark.skipif(not huge_pages.enabled(), reason="no transparent huge pages on this machine")
+needs_thp = pytest.mark.skipif(not huge_pages.enabled(), reason="no transparent huge pages on this machine")
 
 
 def vma_of(addr: int) -> dict:
@@ -44,6 +44,7 @@ class Toy(nn.Module):
         return self.head(self.proj(h)[..., :64] + h) + self.table.sum() + self.strided.sum() + self.part.sum()
 
 
+@needs_thp
 def test_weights_move_values_and_ties_kept():
     torch.manual_seed(0)
     model = Toy().eval()
@@ -76,6 +77,7 @@ def test_switched_off_by_the_environment(monkeypatch):
     assert all(t.sum() == 0 for t in huge_pages.zeros((3, 5), torch.bfloat16, 2))
 
 
+@needs_thp
 def test_zeros_side_by_side_in_huge_pages():
     caches = huge_pages.zeros((4, 16, 3, 40), torch.bfloat16, 5)
     assert len(caches) == 5 and all(c.shape == (4, 16, 3, 40) and c.dtype == torch.bfloat16 for c in caches)
