@@ -208,7 +208,7 @@ at::Tensor act_and_mul(const at::Tensor& gate_up, const std::string& activation)
 
 // Per-thread buffers of decode_one, reused across the pairs a thread takes.
 struct DecodeScratch {
-  std::vector<float> scores, q, acc, totals;
+  std::vector<float> scores, acc, totals;
   std::vector<int64_t> rows;  // element offset of each visible key's row in the caches; -1 where skipped
 };
 
@@ -216,6 +216,66 @@ struct DecodeScratch {
 // One query per sequence. For each (sequence, KV head) the group's G query heads score every visible key once
 // (float32), softmax in float32, then the weighted sum of values. Keys behind a sliding window (left > = 0) and
 // cache blocks whose index is out of range are skipped; softcap > 0 maps s to softcap * tanh(s / softcap).
+//
+// Scores: four keys at a time, each head's 16 lane partial dots (ks::partial_dot: bf16 rows dotted as stored)
+// summed by ks::sum4. Values: 16 features at a time, up to 8 heads' sums in registers, each value chunk converted
+// once for all of them; every output element sums p[t] v[t] over keys in order. Every order is fixed by the
+// sequence alone.
+
+constexpr int64_t KEYS_A_STEP = 4;  // keys scored together (one ks::sum4 a head)
+constexpr int HEADS_A_PASS = 8;     // value sums held in registers
+
+// scores[g, t] = scale * q[g] . k[t] for keys [i, i + n), n <= 4; -inf where not visible
+template <typename T>
+void score_keys(const T* q, int64_t q_stride_h, int64_t group, int64_t d, const T* kc, const int64_t* rows,
+                int64_t n, float scale, float softcap, float* scores, int64_t span) {
+  for (int64_t g = 0; g < group; ++g) {
+    const T* qg = q + g * q_stride_h;
+    // four named accumulators (an array indexed under a condition would live on the stack)
+    auto partial = [&](int64_t t) { return t < n && rows[t] >= 0 ? ks::partial_dot(qg, kc + rows[t], d) : ks::zero(); };
+    const ks::vec a0 = partial(0), a1 = partial(1), a2 = partial(2), a3 = partial(3);
+    float dots[KEYS_A_STEP];
+    ks::sum4(a0, a1, a2, a3, dots);
+    for (int64_t t = 0; t < n; ++t) {
+      float s = dots[t] * scale;
+      if (softcap > 0) s = softcap * std::tanh(s / softcap);
+      scores[g * span + t] = rows[t] < 0 ? -std::numeric_limits<float>::infinity() : s;
+    }
+  }
+}
+
+// acc[g, :] = sum over visible t of p[g, t] v[t, :] for the H heads [g0, g0 + H), their sums in registers
+template <int H, typename T>
+void sum_values(const float* p, int64_t span, const T* vc, const int64_t* rows, int64_t d, int64_t g0, float* acc) {
+  for (int64_t j = 0; j < d; j += ks::LANES) {
+    const int width = static_cast<int>(std::min<int64_t>(ks::LANES, d - j));
+    ks::vec a[H];
+    for (int h = 0; h < H; ++h) a[h] = ks::zero();
+    for (int64_t t = 0; t < span; ++t) {
+      if (rows[t] < 0) continue;
+      const ks::vec v = width == ks::LANES ? ks::load(vc + rows[t] + j) : ks::load_n(vc + rows[t] + j, width);
+      for (int h = 0; h < H; ++h) a[h] = ks::fma(ks::splat(p[(g0 + h) * span + t]), v, a[h]);
+    }
+    for (int h = 0; h < H; ++h) ks::store_n(acc + (g0 + h) * d + j, a[h], width);
+  }
+}
+
+template <typename T>
+void sum_values(const float* p, int64_t span, const T* vc, const int64_t* rows, int64_t d, int64_t group,
+                float* acc) {
+  for (int64_t g0 = 0; g0 < group; g0 += HEADS_A_PASS) {
+    switch (std::min<int64_t>(HEADS_A_PASS, group - g0)) {
+      case 1: sum_values<1>(p, span, vc, rows, d, g0, acc); break;
+      case 2: sum_values<2>(p, span, vc, rows, d, g0, acc); break;
+      case 3: sum_values<3>(p, span, vc, rows, d, g0, acc); break;
+      case 4: sum_values<4>(p, span, vc, rows, d, g0, acc); break;
+      case 5: sum_values<5>(p, span, vc, rows, d, g0, acc); break;
+      case 6: sum_values<6>(p, span, vc, rows, d, g0, acc); break;
+      case 7: sum_values<7>(p, span, vc, rows, d, g0, acc); break;
+      default: sum_values<8>(p, span, vc, rows, d, g0, acc); break;
+    }
+  }
+}
 
 template <typename T>
 void decode_one(const T* q, int64_t q_stride_h, const T* kc, const T* vc, int64_t nb, int64_t bs, int64_t hkv,
@@ -231,20 +291,10 @@ void decode_one(const T* q, int64_t q_stride_h, const T* kc, const T* vc, int64_
     const int64_t t0 = std::max(first, blk * bs), t1 = std::min(ctx, (blk + 1) * bs);
     for (int64_t t = t0; t < t1; ++t) w.rows[t - first] = ((b * bs + t - blk * bs) * hkv + head) * d;
   }
-  // the group's queries as float32, converted once for every key
-  w.q.resize(group * d);
-  for (int64_t g = 0; g < group; ++g)
-    for (int64_t j = 0; j < d; ++j) w.q[g * d + j] = ks::to_float(q[g * q_stride_h + j]);
   w.scores.assign(group * std::max<int64_t>(span, 1), -std::numeric_limits<float>::infinity());
-  for (int64_t i = 0; i < span; ++i) {
-    if (w.rows[i] < 0) continue;
-    const T* k = kc + w.rows[i];
-    for (int64_t g = 0; g < group; ++g) {
-      float s = ks::dot(w.q.data() + g * d, k, d) * scale;
-      if (softcap > 0) s = softcap * std::tanh(s / softcap);
-      w.scores[g * span + i] = s;
-    }
-  }
+  for (int64_t i = 0; i < span; i += KEYS_A_STEP)
+    score_keys(q, q_stride_h, group, d, kc, w.rows.data() + i, std::min(KEYS_A_STEP, span - i), scale, softcap,
+               w.scores.data() + i, span);
   // softmax of each head's scores (unnormalised; 1 / total applied at the end), then sum_t p[g, t] v[t]
   w.totals.assign(group, 0.f);  // 0: no visible key
   for (int64_t g = 0; g < group; ++g) {
@@ -268,21 +318,8 @@ void decode_one(const T* q, int64_t q_stride_h, const T* kc, const T* vc, int64_
     }
     w.totals[g] = total;
   }
-  w.acc.assign(group * d, 0.f);
-  for (int64_t i = 0; i < span; ++i) {
-    if (w.rows[i] < 0) continue;
-    const T* v = vc + w.rows[i];
-    int64_t j = 0;
-    for (; j + ks::LANES <= d; j += ks::LANES) {  // each value row converted once, used by every head of the group
-      const vec vv = ks::load(v + j);
-      for (int64_t g = 0; g < group; ++g) {
-        float* a = w.acc.data() + g * d + j;
-        ks::store(a, ks::fma(ks::splat(w.scores[g * span + i]), vv, ks::load(a)));
-      }
-    }
-    for (; j < d; ++j)
-      for (int64_t g = 0; g < group; ++g) w.acc[g * d + j] += w.scores[g * span + i] * ks::to_float(v[j]);
-  }
+  w.acc.resize(group * d);
+  sum_values(w.scores.data(), span, vc, w.rows.data(), d, group, w.acc.data());
   for (int64_t g = 0; g < group; ++g) {
     T* o = out + g * out_stride_h;
     const float inv = w.totals[g] > 0.f ? 1.f / w.totals[g] : 0.f;

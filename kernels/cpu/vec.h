@@ -139,6 +139,61 @@ inline vec exp(vec a) {
 
 #endif
 
+// The lane sums of four vectors, [sum(a), sum(b), sum(c), sum(d)], by one tree for every slot: lanes i + 8
+// onto i, then i + 4, then the four lanes of each quarter in pairs. A vector's sum never depends on which
+// slot it takes or what shares the call (batch invariance).
+#ifdef KS_AVX512
+inline void sum4(vec a, vec b, vec c, vec d, float* out) {
+  // _mm512_shuffle_f32x4 picks 128-bit quarters: 0x44 -> [a0 a1 b0 b1], 0xEE -> [a2 a3 b2 b3]
+  const __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+  const __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
+  // 0x88 -> [ab0 ab2 cd0 cd2], 0xDD -> [ab1 ab3 cd1 cd3]: quarter q now holds vector q's 4 partial sums
+  __m512 s = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
+  s = _mm512_add_ps(s, _mm512_permute_ps(s, 0x4E));  // lanes (0 + 2, 1 + 3) of each quarter
+  s = _mm512_add_ps(s, _mm512_permute_ps(s, 0xB1));  // (0 + 2) + (1 + 3)
+  _mm_storeu_ps(out, _mm512_castps512_ps128(
+      _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), s)));
+}
+#else
+inline void sum4(vec a, vec b, vec c, vec d, float* out) {  // the same tree, lane by lane
+  const vec* v[4] = {&a, &b, &c, &d};
+  for (int t = 0; t < 4; ++t) {
+    float h[8], q[4];
+    for (int i = 0; i < 8; ++i) h[i] = v[t]->v[i] + v[t]->v[i + 8];
+    for (int i = 0; i < 4; ++i) q[i] = h[i] + h[i + 4];
+    out[t] = (q[0] + q[2]) + (q[1] + q[3]);
+  }
+}
+#endif
+
+// The 16 lane partial sums of a dot of two rows of n elements (any n): float32 FMAs, or for bfloat16 rows with
+// AVX512-BF16 vdpbf16ps on the rows as stored (exact products, float32 sums; lane l sums elements 2l, 2l + 1 of
+// each 32). The order is fixed by n alone.
+template <typename T>
+inline vec partial_dot(const T* a, const T* b, int64_t n) {
+  vec acc = zero();
+  int64_t i = 0;
+  for (; i + LANES <= n; i += LANES) acc = fma(load(a + i), load(b + i), acc);
+  if (i < n) acc = fma(load_n(a + i, static_cast<int>(n - i)), load_n(b + i, static_cast<int>(n - i)), acc);
+  return acc;
+}
+#ifdef KS_AVX512
+template <>
+inline vec partial_dot(const c10::BFloat16* a, const c10::BFloat16* b, int64_t n) {
+  vec acc = zero();
+  int64_t i = 0;
+  for (; i + 2 * LANES <= n; i += 2 * LANES)
+    acc = _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh>(_mm512_loadu_si512(a + i)),
+                           reinterpret_cast<__m512bh>(_mm512_loadu_si512(b + i)));
+  if (i < n) {
+    const __mmask32 m = static_cast<__mmask32>((1ull << (n - i)) - 1);
+    acc = _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(m, a + i)),
+                           reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(m, b + i)));
+  }
+  return acc;
+}
+#endif
+
 // dot of two rows of n elements (any n), float accumulation in 16 lanes
 template <typename A, typename B>
 inline float dot(const A* a, const B* b, int64_t n) {
