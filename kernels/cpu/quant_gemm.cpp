@@ -43,6 +43,7 @@ namespace {
 constexpr int CHUNK = 32;   // weight columns unpacked per step (GGUF's 32-wide blocks)
 constexpr int M_BLOCK = 4;  // activation rows sharing one unpacked chunk (accumulators stay in registers)
 constexpr int64_t N_TILE = 64;
+constexpr int64_t N_UNIT = 4;  // weight rows: the grain of the split over threads
 
 // Scales and offsets are float32, or float16 where the loader found every value exact in it (GGUF's Q4_0,
 // Q4_1 and Q8_0 store them so): half the bytes of a call that is a read of its weight.
@@ -323,11 +324,18 @@ void tile_bf16_wide(const c10::BFloat16* xd, int64_t ldx, const float* xsum, con
 }
 
 // lane l of a 128-column block's dot sums columns 8l..8l+7: its group within the block is 8l / group_size
-inline __m512i block_scale_index(int group) {
+// (built once a row range, not once a tile: 16 divisions a tile were 5-8% of a step)
+inline __m512i block_scale_index(const Problem& p) {
   alignas(64) int32_t idx[16];
-  for (int l = 0; l < 16; ++l) idx[l] = group >= 128 ? 0 : 8 * l / group;
+  for (int l = 0; l < 16; ++l) idx[l] = static_cast<int32_t>(p.group_of(8 * l));
   return _mm512_load_si512(idx);
 }
+
+// the per-call constant vectors a tile reads
+struct Tables {
+  __m512i nibbles;      // unpack4_bf16's
+  __m512i scale_index;  // tile_bf16_wide's
+};
 
 // float32 activations: codes to float, two fused multiply-adds per chunk, row and weight row. 4-bit chunks come
 // out as (even columns, odd columns), so x is read through a copy whose chunks are ordered the same way.
@@ -365,14 +373,14 @@ void tile_f32(const float* x, int64_t ldx, const float* xsum, const Problem& p, 
 
 template <int MB, int NB, typename T, typename O>
 void tile(const T* x, int64_t ldx, const float* xsum, const Problem& p, int64_t n, O* y, int64_t ldy,
-          __m512i table) {
+          const Tables& tables) {
   if constexpr (std::is_same_v<T, float>) {  // float32 activations write float32
     if (p.bits == 4) tile_f32<MB, NB, 4>(x, ldx, xsum, p, n, y, ldy);
     else tile_f32<MB, NB, 8>(x, ldx, xsum, p, n, y, ldy);
   } else {
-    if (p.bits == 4 && p.wide) tile_bf16_wide<MB, NB>(x, ldx, xsum, p, n, y, ldy, block_scale_index(p.group));
-    else if (p.bits == 4) tile_bf16<MB, NB, 4>(x, ldx, xsum, p, n, y, ldy, table);
-    else tile_bf16<MB, NB, 8>(x, ldx, xsum, p, n, y, ldy, table);
+    if (p.bits == 4 && p.wide) tile_bf16_wide<MB, NB>(x, ldx, xsum, p, n, y, ldy, tables.scale_index);
+    else if (p.bits == 4) tile_bf16<MB, NB, 4>(x, ldx, xsum, p, n, y, ldy, tables.nibbles);
+    else tile_bf16<MB, NB, 8>(x, ldx, xsum, p, n, y, ldy, tables.nibbles);
   }
 }
 
@@ -382,10 +390,10 @@ void rows_avx512(const T* x, int64_t ldx, const float* xsum, const Problem& p, i
                  int64_t ldy) {
   // weight rows a tile: as many as the registers hold (tile_bf16_wide keeps 2 * MB * NB accumulators)
   constexpr int NB = std::is_same_v<T, float> || MB > 2 ? 2 : 4;
-  const __m512i table = nibble_table();
+  const Tables tables{nibble_table(), block_scale_index(p)};
   int64_t n = n0;
-  for (; n + NB <= n1; n += NB) tile<MB, NB>(x, ldx, xsum, p, n, y, ldy, table);
-  for (; n < n1; ++n) tile<MB, 1>(x, ldx, xsum, p, n, y, ldy, table);
+  for (; n + NB <= n1; n += NB) tile<MB, NB>(x, ldx, xsum, p, n, y, ldy, tables);
+  for (; n < n1; ++n) tile<MB, 1>(x, ldx, xsum, p, n, y, ldy, tables);
 }
 
 // x's columns reordered as unpacked 4-bit codes come out: blocks of `block` columns as (even, odd) columns;
@@ -446,10 +454,13 @@ void run(const T* x, int64_t ldx, int64_t M, const Problem& p, O* y, int64_t N) 
     ldx = p.K;
   }
 #endif
-  // threads split N (never M): which rows share a call cannot change how any output is summed
-  at::parallel_for(0, (N + N_TILE - 1) / N_TILE, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n0 = t * N_TILE, n1 = std::min(N, n0 + N_TILE);
+  // Threads split N (never M): which rows share a call cannot change how any output is summed. Each thread takes
+  // an equal, contiguous share of the weight rows (in units of N_UNIT; whole 64-row tiles left one thread 5 of
+  // o_proj's 9 while the other waited) and walks it in tiles of N_TILE rows.
+  at::parallel_for(0, (N + N_UNIT - 1) / N_UNIT, 1, [&](int64_t u0, int64_t u1) {
+    const int64_t end = std::min(N, u1 * N_UNIT);
+    for (int64_t n0 = u0 * N_UNIT; n0 < end; n0 += N_TILE) {
+      const int64_t n1 = std::min(end, n0 + N_TILE);
       for (int64_t m0 = 0; m0 < M; m0 += M_BLOCK) {
         const int rows = static_cast<int>(std::min<int64_t>(M_BLOCK, M - m0));
         const float* xs = xsum.data() + m0 * p.groups();
