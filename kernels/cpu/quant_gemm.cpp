@@ -73,14 +73,22 @@ struct Problem {
 template <typename O>
 inline O out_cast(float v) { return static_cast<O>(v); }  // bf16: round to nearest even
 
-// sum of each group of x (as float), [rows, groups]: the offset term's factor, shared by every weight row
+// sum of each group of x (as float), [rows, groups]: the offset term's factor, shared by every weight row.
+// 16 lanes at a time where the group allows (it runs on one thread while the others wait).
 template <typename T>
 std::vector<float> group_sums(const T* x, int64_t ldx, int64_t rows, const Problem& p) {
   std::vector<float> sums(rows * p.groups());
   for (int64_t m = 0; m < rows; ++m)
     for (int64_t g = 0; g < p.groups(); ++g) {
+      const T* xg = x + m * ldx + g * p.group;
       float s = 0.f;
-      for (int64_t k = g * p.group; k < (g + 1) * p.group; ++k) s += static_cast<float>(x[m * ldx + k]);
+      if (p.group % ks::LANES == 0) {
+        ks::vec acc = ks::zero();
+        for (int64_t k = 0; k < p.group; k += ks::LANES) acc = ks::add(acc, ks::load(xg + k));
+        s = ks::sum(acc);
+      } else {
+        for (int64_t k = 0; k < p.group; ++k) s += static_cast<float>(xg[k]);
+      }
       sums[m * p.groups() + g] = s;
     }
   return sums;
@@ -396,25 +404,51 @@ void rows_avx512(const T* x, int64_t ldx, const float* xsum, const Problem& p, i
   for (; n < n1; ++n) tile<MB, 1>(x, ldx, xsum, p, n, y, ldy, tables);
 }
 
-// x's columns reordered as unpacked 4-bit codes come out: blocks of `block` columns as (even, odd) columns;
-// with `quads`, 128-column blocks first as columns 4i + r in vector r (tile_bf16_wide), then one (even, odd)
-// block of 64 for the rest
+// x's columns reordered as tile_f32's unpacked 4-bit chunks come out: each 32 columns as (even, odd) columns
 template <typename T>
-std::vector<T> deinterleave_blocks(const T* x, int64_t ldx, int64_t rows, int64_t K, int block, bool quads) {
+std::vector<T> deinterleave_pairs(const T* x, int64_t ldx, int64_t rows, int64_t K) {
   std::vector<T> out(rows * K);
   for (int64_t m = 0; m < rows; ++m) {
     const T* src = x + m * ldx;
     T* dst = out.data() + m * K;
-    int64_t k0 = 0;
-    if (quads)
-      for (; k0 + 4 * CHUNK <= K; k0 += 4 * CHUNK)
-        for (int r = 0; r < 4; ++r)
-          for (int i = 0; i < CHUNK; ++i) dst[k0 + r * CHUNK + i] = src[k0 + 4 * i + r];
-    for (; k0 < K; k0 += block)
-      for (int j = 0; j < block / 2; ++j) {
+    for (int64_t k0 = 0; k0 < K; k0 += CHUNK)
+      for (int j = 0; j < CHUNK / 2; ++j) {
         dst[k0 + j] = src[k0 + 2 * j];
-        dst[k0 + block / 2 + j] = src[k0 + 2 * j + 1];
+        dst[k0 + CHUNK / 2 + j] = src[k0 + 2 * j + 1];
       }
+  }
+  return out;
+}
+
+// x's columns reordered as tile_bf16_wide's unpacked codes come out: each 128-column block as columns 4i + r in
+// vector r, then one 64-column block as (even, odd) columns. 32 columns an instruction: vpermt2w picks lanes of
+// two 32-column vectors by index, so each vector r is two picks and a blend, the tail's halves one pick each.
+inline std::vector<c10::BFloat16> deinterleave_wide(const c10::BFloat16* x, int64_t ldx, int64_t rows, int64_t K) {
+  std::vector<c10::BFloat16> out(rows * K);
+  alignas(64) int16_t quad[4][32], even[32], odd[32];
+  for (int l = 0; l < 32; ++l) {
+    for (int r = 0; r < 4; ++r) quad[r][l] = static_cast<int16_t>(4 * (l % 16) + r);  // lane l: column 4(l % 16) + r
+    even[l] = static_cast<int16_t>(2 * l);
+    odd[l] = static_cast<int16_t>(2 * l + 1);
+  }
+  auto load = [](const c10::BFloat16* p) { return _mm512_loadu_si512(p); };
+  for (int64_t m = 0; m < rows; ++m) {
+    const c10::BFloat16* src = x + m * ldx;
+    c10::BFloat16* dst = out.data() + m * K;
+    int64_t k0 = 0;
+    for (; k0 + 4 * CHUNK <= K; k0 += 4 * CHUNK) {
+      const __m512i v0 = load(src + k0), v1 = load(src + k0 + 32), v2 = load(src + k0 + 64), v3 = load(src + k0 + 96);
+      for (int r = 0; r < 4; ++r) {
+        const __m512i idx = _mm512_load_si512(quad[r]);
+        const __m512i lo = _mm512_permutex2var_epi16(v0, idx, v1), hi = _mm512_permutex2var_epi16(v2, idx, v3);
+        _mm512_storeu_si512(dst + k0 + r * CHUNK, _mm512_mask_blend_epi16(0xFFFF0000u, lo, hi));
+      }
+    }
+    if (k0 < K) {  // 64 columns
+      const __m512i v0 = load(src + k0), v1 = load(src + k0 + 32);
+      _mm512_storeu_si512(dst + k0, _mm512_permutex2var_epi16(v0, _mm512_load_si512(even), v1));
+      _mm512_storeu_si512(dst + k0 + CHUNK, _mm512_permutex2var_epi16(v0, _mm512_load_si512(odd), v1));
+    }
   }
   return out;
 }
@@ -448,8 +482,8 @@ void run(const T* x, int64_t ldx, int64_t M, const Problem& p, O* y, int64_t N) 
 #ifdef KS_AVX512
   std::vector<T> xd;
   if (vec && p.bits == 4 && (std::is_same_v<T, float> || p.wide)) {
-    const bool wide = !std::is_same_v<T, float>;
-    xd = deinterleave_blocks(x, ldx, M, p.K, wide ? 2 * CHUNK : CHUNK, wide);
+    if constexpr (std::is_same_v<T, float>) xd = deinterleave_pairs(x, ldx, M, p.K);
+    else xd = deinterleave_wide(x, ldx, M, p.K);
     x = xd.data();
     ldx = p.K;
   }
