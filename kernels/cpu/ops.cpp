@@ -340,14 +340,21 @@ void decode_all(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor
   const int32_t* tables = block_tables.data_ptr<int32_t>();
   const int32_t* lens = seq_lens.data_ptr<int32_t>();
   T* op = out.data_ptr<T>();
-  at::parallel_for(0, q.size(0) * hkv, 1, [&](int64_t p0, int64_t p1) {
+  // Work items: (sequence, KV head) pairs, or with fewer pairs than two a thread (one sequence: 3 pairs on 2
+  // threads left one idle a third of the time) one query head each. A head's scores, softmax and sums never
+  // depend on which heads share its item, so the split cannot change any output.
+  const int64_t pairs = q.size(0) * hkv;
+  const int64_t heads_an_item = pairs >= 2 * at::get_num_threads() ? group : 1;
+  const int64_t items_a_pair = group / heads_an_item;
+  at::parallel_for(0, pairs * items_a_pair, 1, [&](int64_t i0, int64_t i1) {
     DecodeScratch scratch;
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t b = p / hkv, head = p % hkv;
-      decode_one<T>(qp + b * q.stride(0) + head * group * q.stride(1), q.stride(1), kc, vc, nb, bs, hkv, d,
-                    tables + b * block_tables.stride(0), max_blocks, std::max<int64_t>(0, lens[b]), head, group,
-                    static_cast<float>(scale), window_left, static_cast<float>(softcap),
-                    op + b * out.stride(0) + head * group * out.stride(1), out.stride(1), scratch);
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t pair = i / items_a_pair, b = pair / hkv, head = pair % hkv;
+      const int64_t first_head = head * group + (i % items_a_pair) * heads_an_item;
+      decode_one<T>(qp + b * q.stride(0) + first_head * q.stride(1), q.stride(1), kc, vc, nb, bs, hkv, d,
+                    tables + b * block_tables.stride(0), max_blocks, std::max<int64_t>(0, lens[b]), head,
+                    heads_an_item, static_cast<float>(scale), window_left, static_cast<float>(softcap),
+                    op + b * out.stride(0) + first_head * out.stride(1), out.stride(1), scratch);
     }
   });
 }
