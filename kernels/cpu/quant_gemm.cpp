@@ -33,10 +33,7 @@
 #include "ops.h"
 #include "vec.h"
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
-#include <immintrin.h>
-#define KS_AVX512 1
-#endif
+// vec.h defines KS_AVX512 (and includes immintrin.h) where AVX512-BF16 code is built
 
 namespace {
 
@@ -188,7 +185,8 @@ inline void zero_tile(__m512 (&acc)[MB][NB]) {
 // acc[m][j] += (offset + c * scale)[n + j, g] * xsum[m, g], lane g % 16 (16 groups a step, masked tail): each
 // weight row's factor is built once for all MB rows
 template <int MB, int NB>
-__attribute__((always_inline)) inline void add_offset_terms(__m512 (&acc)[MB][NB], const Problem& p, int64_t n, const float* xsum, float c) {
+__attribute__((always_inline)) inline void add_offset_terms(__m512 (&acc)[MB][NB], const Problem& p, int64_t n,
+                                                            const float* xsum, float c) {
   const int64_t groups = p.groups();
   const __m512 vc = _mm512_set1_ps(c);
   for (int64_t g = 0; g < groups; g += 16) {

@@ -166,17 +166,20 @@ inline void sum4(vec a, vec b, vec c, vec d, float* out) {  // the same tree, la
 }
 #endif
 
-// The 16 lane partial sums of a dot of two rows of n elements (any n): float32 FMAs, or for bfloat16 rows with
-// AVX512-BF16 vdpbf16ps on the rows as stored (exact products, float32 sums; lane l sums elements 2l, 2l + 1 of
-// each 32). The order is fixed by n alone.
-template <typename T>
-inline vec partial_dot(const T* a, const T* b, int64_t n) {
+// The 16 lane partial sums of a dot of two rows of n elements (any n), float32 FMAs
+template <typename A, typename B>
+inline vec fma_lanes(const A* a, const B* b, int64_t n) {
   vec acc = zero();
   int64_t i = 0;
   for (; i + LANES <= n; i += LANES) acc = fma(load(a + i), load(b + i), acc);
   if (i < n) acc = fma(load_n(a + i, static_cast<int>(n - i)), load_n(b + i, static_cast<int>(n - i)), acc);
   return acc;
 }
+
+// The same partial sums, for bfloat16 rows with AVX512-BF16 by vdpbf16ps on the rows as stored (exact products,
+// float32 sums; lane l sums elements 2l, 2l + 1 of each 32). The order is fixed by n alone.
+template <typename T>
+inline vec partial_dot(const T* a, const T* b, int64_t n) { return fma_lanes(a, b, n); }
 #ifdef KS_AVX512
 template <>
 inline vec partial_dot(const c10::BFloat16* a, const c10::BFloat16* b, int64_t n) {
@@ -196,12 +199,6 @@ inline vec partial_dot(const c10::BFloat16* a, const c10::BFloat16* b, int64_t n
 
 // dot of two rows of n elements (any n), float accumulation in 16 lanes
 template <typename A, typename B>
-inline float dot(const A* a, const B* b, int64_t n) {
-  vec acc = zero();
-  int64_t i = 0;
-  for (; i + LANES <= n; i += LANES) acc = fma(load(a + i), load(b + i), acc);
-  if (i < n) acc = fma(load_n(a + i, static_cast<int>(n - i)), load_n(b + i, static_cast<int>(n - i)), acc);
-  return sum(acc);
-}
+inline float dot(const A* a, const B* b, int64_t n) { return sum(fma_lanes(a, b, n)); }
 
 }  // namespace ks

@@ -166,6 +166,23 @@ def test_paged_decode_odd_head_dim(dtype):
                  paged_f64(q, k_cache, v_cache, tables, lens, 40 ** -0.5), dtype, tf32=False)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_paged_decode_more_than_eight_heads_a_kv_head(dtype):
+    """A KV head shared by 10 query heads: the value sums run in two register passes (8 heads, then 2); one
+    sequence alone is split a query head an item, so it also checks that split against the batch's."""
+    g = torch.Generator().manual_seed(9)
+    seq_lens, block_size, num_blocks = [5, 37, 20], 16, 10
+    k_cache = rand(num_blocks, block_size, 2, 64, dtype=dtype, device="cpu", generator=g)
+    v_cache = rand(num_blocks, block_size, 2, 64, dtype=dtype, device="cpu", generator=g)
+    tables = random_tables(seq_lens, block_size, num_blocks, g)
+    lens = torch.tensor(seq_lens, dtype=torch.int32)
+    q = rand(3, 20, 64, dtype=dtype, device="cpu", generator=g)
+    together = paged_attention_cpu(q, k_cache, v_cache, tables, lens)
+    assert_close(together, paged_f64(q, k_cache, v_cache, tables, lens, 64 ** -0.5), dtype, tf32=False)
+    alone = paged_attention_cpu(q[1:2], k_cache, v_cache, tables[1:2], lens[1:2])
+    assert torch.equal(alone, together[1:2])
+
+
 def test_cpu_tensors_dispatch_to_the_cpp_kernels_unless_switched_off():
     x = torch.randn(2, 8)
     assert kernels._pick(None, "torch path", x, rms_norm_cpu) is rms_norm_cpu
